@@ -1,0 +1,41 @@
+r"""RingMoE pre-training at the paper's size: SwinV2-G (embed 448, depths 2-2-18-2, heads
+14-28-56-112, window 12, 192 px input) with the hierarchical MoE (4 modality-specialised experts
+per modality, 4 collaborative, 1 shared) in all 24 blocks: 14.75B parameters.
+
+Count it without allocating anything (here it is only ever built with jax.eval_shape):
+
+  python -m ringmoe_jax.tools.inspect --config=configs/pretrain_14b.py
+
+prints `total_params=14...` (14.75B, the paper's 14.7B within 1%).
+
+Variants (`--config=configs/pretrain_14b.py:ARG`):
+  size=14b    the paper's model (default)
+  size=base   embed 128, depths 2-2-18-2, heads 4-8-16-32 (SwinV2-B with the same MoE)
+  runlocal    shrink the batch, steps and data so the config runs on one CPU host
+
+Choices the paper leaves open: global batch 2048 (lr scales from 2.5e-4 per 512), bfloat16
+compute with float32 master weights, 300k steps, warm-up 10k.
+"""
+from ringmoe_jax.config.args import parse_arg
+from ringmoe_jax.config.defaults import base_config
+
+SIZES = {
+    "14b": dict(embed_dim=448, depths=(2, 2, 18, 2), num_heads=(14, 28, 56, 112)),
+    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, size="14b", runlocal=False)
+  if a["size"] not in SIZES:
+    raise ValueError(f"size={a['size']!r}; expected one of {', '.join(SIZES)}")
+  c = base_config()
+  c.model.update(img_size=192, window_size=12, dtype="bfloat16", param_dtype="float32",
+                 **SIZES[a["size"]])
+  c.data.update(batch_size=2048, tile_size=256, num_tiles=400_000_000)
+  c.train.update(total_steps=300_000, log_every=100, checkpoint_every=2000)
+  if a["runlocal"]:
+    c.data.update(batch_size=8, num_tiles=1024)
+    c.train.update(total_steps=10, log_every=1, checkpoint_every=5)
+    c.optim.warmup_steps = 2
+  return c

@@ -1,0 +1,1 @@
+"""Configuration helpers: defaults shared by configs/, argument parsing, validation."""

@@ -1,0 +1,54 @@
+"""The full default config tree; configs/ start here and change what differs.
+
+Defaults are the paper's values where it gives them (RINGMOE.md); choices the paper leaves open
+are marked 'choice'.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ringmoe_jax.sensors.modalities import DEFAULT_CHANNELS
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      img_size=192, patch_size=4, embed_dim=448, depths=(2, 2, 18, 2),
+      num_heads=(14, 28, 56, 112), window_size=12, mlp_ratio=4.0, qkv_bias=True,
+      pretrained_window_size=0, cpb_hidden=512,
+      # A window larger than a stage's map shrinks to the map (Swin's rule). False: error.
+      allow_window_shrink=True,
+      in_channels=ml_collections.ConfigDict(dict(DEFAULT_CHANNELS)),
+      dtype="float32", param_dtype="float32"))
+
+  c.moe = ml_collections.ConfigDict(dict(
+      num_special=4, num_collab=4, num_shared=1, top_k=1, capacity_factor=1.2,
+      eval_capacity_factor=2.0,  # choice: evaluation should drop (almost) nothing
+      special_capacity_fraction=ml_collections.config_dict.placeholder(float),
+      min_capacity=4, router_init_std=0.02, balance_weight=0.001))
+
+  c.mim = ml_collections.ConfigDict(dict(
+      mask_ratio=0.6, mask_cell=32,
+      targets=ml_collections.ConfigDict(dict(
+          opt="pixels", ms="pixels", sar_l1="span", sar_l2="pixels"))))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic",
+      sensors=("gaofen2_pms", "gaofen1_wfv", "gaofen3_slc", "gaofen3_amp"),
+      weights=ml_collections.config_dict.placeholder(tuple),  # None: equal
+      sensor_files=(),  # user sensor definitions (JSON), registered before training
+      num_tiles=100_000, tile_size=256, batch_size=512, num_workers=0))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=2.5e-4, base_batch=512,  # lr = base_lr * batch_size / base_batch
+      min_lr=5e-7, warmup_steps=10_000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
+      grad_clip=5.0))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+
+  c.train = ml_collections.ConfigDict(dict(
+      total_steps=100_000, log_every=50, checkpoint_every=1000, max_to_keep=3,
+      async_checkpoint=True))
+  return c

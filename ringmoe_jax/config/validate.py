@@ -1,0 +1,94 @@
+"""Config validation: every mistake found before anything is built or compiled.
+
+Each error names the config field, the value and what was expected.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ringmoe_jax.objectives.targets import TARGET_KINDS, target_channels
+from ringmoe_jax.sensors.modalities import MODALITIES
+
+
+class ConfigError(ValueError):
+  """An invalid configuration value."""
+
+
+def _check(cond: bool, msg: str) -> None:
+  if not cond:
+    raise ConfigError(msg)
+
+
+def validate(c) -> None:
+  """Raises ConfigError naming the first invalid field of config `c`."""
+  m, moe, mim = c.model, c.moe, c.mim
+  for name in m.in_channels:
+    _check(name in MODALITIES, f"model.in_channels: unknown modality {name!r}; expected one "
+           f"of {', '.join(MODALITIES)}")
+  for name in MODALITIES:
+    _check(name in m.in_channels and int(m.in_channels[name]) > 0,
+           f"model.in_channels.{name} must be a positive channel count")
+  for name, kind in mim.targets.items():
+    _check(name in MODALITIES, f"mim.targets: unknown modality {name!r}; expected one of "
+           f"{', '.join(MODALITIES)}")
+    _check(kind in TARGET_KINDS, f"mim.targets.{name}={kind!r}; expected one of {TARGET_KINDS}")
+    try:
+      target_channels(kind, int(m.in_channels[name]))
+    except ValueError as e:
+      raise ConfigError(f"mim.targets.{name}: {e}") from None
+
+  depths, heads = tuple(m.depths), tuple(m.num_heads)
+  _check(len(depths) == len(heads) and len(depths) > 0,
+         f"model.depths {depths} and model.num_heads {heads} must have the same length")
+  n = len(depths)
+  stride = m.patch_size * 2 ** (n - 1)
+  _check(m.img_size % stride == 0, f"model.img_size={m.img_size} must be divisible by "
+         f"patch_size * 2^(stages-1) = {stride}")
+  _check(m.window_size >= 1, f"model.window_size={m.window_size} must be >= 1")
+  for i in range(n):
+    dim = m.embed_dim * 2**i
+    size = m.img_size // m.patch_size // 2**i
+    _check(dim % heads[i] == 0, f"model.num_heads[{i}]={heads[i]} does not divide the stage "
+           f"dim {dim} (embed_dim * 2^{i})")
+    if m.window_size >= size:
+      _check(m.allow_window_shrink, f"model.window_size={m.window_size} is larger than the "
+             f"{size}x{size} map of stage {i} and model.allow_window_shrink is False")
+    else:
+      _check(size % m.window_size == 0, f"model.window_size={m.window_size} does not divide "
+             f"the {size}x{size} map of stage {i}")
+  for f in ("dtype", "param_dtype"):
+    try:
+      jnp.dtype(m[f])
+    except TypeError:
+      raise ConfigError(f"model.{f}={m[f]!r} is not a dtype name") from None
+
+  for f in ("num_special", "num_collab", "num_shared"):
+    _check(moe[f] >= 0, f"moe.{f}={moe[f]} must be >= 0")
+  _check(moe.num_special + moe.num_collab + moe.num_shared > 0,
+         "moe: num_special, num_collab and num_shared are all 0 (the block would have no FFN)")
+  _check(moe.top_k >= 1, f"moe.top_k={moe.top_k} must be >= 1")
+  for f in ("num_special", "num_collab"):
+    if moe[f]:
+      _check(moe.top_k <= moe[f], f"moe.top_k={moe.top_k} is larger than moe.{f}={moe[f]}")
+  for f in ("capacity_factor", "eval_capacity_factor"):
+    _check(moe[f] > 0, f"moe.{f}={moe[f]} must be > 0")
+
+  _check(0.0 < mim.mask_ratio <= 1.0, f"mim.mask_ratio={mim.mask_ratio} must be in (0, 1]")
+  _check(mim.mask_cell % m.patch_size == 0, f"mim.mask_cell={mim.mask_cell} px must be a "
+         f"multiple of model.patch_size={m.patch_size}")
+  _check(m.img_size % mim.mask_cell == 0, f"mim.mask_cell={mim.mask_cell} px must divide "
+         f"model.img_size={m.img_size}")
+
+  d = c.data
+  _check(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be >= 1")
+  _check(len(d.sensors) > 0, "data.sensors is empty")
+  if d.weights is not None:
+    _check(len(d.weights) == len(d.sensors) and all(w >= 0 for w in d.weights)
+           and sum(d.weights) > 0, f"data.weights={tuple(d.weights)} must be one non-negative "
+           f"weight per sensor in data.sensors ({len(d.sensors)}), not all zero")
+  _check(d.tile_size >= m.img_size, f"data.tile_size={d.tile_size} must be >= "
+         f"model.img_size={m.img_size}")
+  _check(c.train.total_steps >= 1, f"train.total_steps={c.train.total_steps} must be >= 1")
+  _check(c.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+  for ax in ("data", "fsdp", "expert", "tensor"):
+    _check(c.mesh[ax] == -1 or c.mesh[ax] >= 1, f"mesh.{ax}={c.mesh[ax]} must be -1 or >= 1")

@@ -1,0 +1,227 @@
+"""The Grain input pipeline: sensor-tagged records -> fixed-shape batches for the trainer.
+
+Axes: B batch, H = W = crop size, Cmax = `max_channels`.
+
+Training (`make_dataset`):
+  source -> seed -> shard slice [shard_index::shard_count] -> shuffle -> repeat forever
+  -> validate + normalise per sensor -> random resized crop (scale 0.2-0.5) + horizontal flip
+  -> fixed-shape example -> batch.
+Evaluation (`make_eval_dataset`): no shuffle, no augmentation, one pass, centre crop.
+
+Batch (all numpy):
+  "pixels":   float32 (B, H, W, Cmax)  normalised; channels beyond the sensor's count and invalid
+                                       pixels are 0
+  "valid":    float32 (B, H, W)        1 valid, 0 nodata / NaN / padding
+  "modality": int32 (B,)               index into MODALITIES
+  "sensor":   int32 (B,)               registry.index(sensor name)
+  "raw":      float32 (B, H, W, Cmax)  physical values (the sensor's scale) after augmentation,
+                                       for physics targets such as the SAR span
+  "index":    int32 (B,)               source record index; only with keep_index=True
+
+Sharding slices the source before shuffling, so hosts see disjoint records. The shuffle is
+re-drawn every epoch (`repeat(reseed_each_epoch=True)`) and augmentation draws from Grain's
+per-element generator, so a batch is a pure function of (seed, shard, step) and iterator state is
+just a step counter.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from absl import flags
+import grain
+import numpy as np
+
+from ringmoe_jax.data import augment as augment_lib
+from ringmoe_jax.data.records import validate_record
+from ringmoe_jax.sensors.modalities import modality_id
+from ringmoe_jax.sensors.registry import SensorRegistry
+
+# The Swin patch size: a tile must hold at least one patch.
+DEFAULT_MIN_TILE_SIZE = 4
+
+
+class ValidateAndNormalize(grain.transforms.Map):
+  """Record -> {"sensor", "pixels" normalised (H, W, C), "raw" (H, W, C), "valid" (H, W), ...}."""
+
+  def __init__(self, registry: SensorRegistry, min_size: int):
+    self._registry = registry
+    self._min_size = min_size
+
+  def map(self, element: Mapping[str, Any]) -> dict[str, Any]:
+    where = f"record {element['index']}" if "index" in element else ""
+    clean, stats = validate_record(element, self._registry, self._min_size, where=where)
+    sensor = self._registry.get(clean["sensor"])
+    valid = clean["valid"]
+    normalised = np.where(valid[..., None], sensor.normalize(clean["pixels"]), np.float32(0))
+    return {"sensor": sensor.name, "pixels": normalised, "raw": clean["pixels"], "valid": valid,
+            "index": int(element.get("index", -1)),
+            "nonfinite_pixels": stats["nonfinite_pixels"]}
+
+
+def _split_join(element: Mapping[str, Any]) -> np.ndarray:
+  # Normalised and raw values go through one resampling call, so they stay aligned.
+  return np.concatenate([element["pixels"], element["raw"]], axis=-1)
+
+
+def _with_pixels(element: Mapping[str, Any], both: np.ndarray, valid: np.ndarray) -> dict:
+  c = element["pixels"].shape[-1]
+  out = dict(element)
+  out["pixels"], out["raw"], out["valid"] = both[..., :c], both[..., c:], valid
+  return out
+
+
+class RandomCropFlip(grain.transforms.RandomMap):
+  """Random resized crop of `scale` of the area to (size, size), then a horizontal flip (p=0.5).
+
+  Resampling is bilinear for optical/MS and nearest for SAR (see `augment.INTERPOLATION`).
+  """
+
+  def __init__(self, registry: SensorRegistry, size: int, scale: tuple[float, float] = (0.2, 0.5),
+               interpolation: Mapping[str, str] | None = None):
+    self._registry = registry
+    self._size = size
+    self._scale = tuple(scale)
+    self._interpolation = dict(augment_lib.INTERPOLATION, **(interpolation or {}))
+
+  def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    modality = self._registry.get(element["sensor"]).modality
+    h, w = element["valid"].shape
+    box = augment_lib.random_resized_crop_box(rng, h, w, scale=self._scale)
+    both, valid = augment_lib.resized_crop(_split_join(element), element["valid"], box, self._size,
+                                           self._interpolation[modality])
+    if rng.random() < 0.5:
+      both, valid = both[:, ::-1], valid[:, ::-1]
+    return _with_pixels(element, both, valid)
+
+
+class CenterCrop(grain.transforms.Map):
+  """Centre crop to (size, size); shorter sides are zero-padded and marked invalid."""
+
+  def __init__(self, size: int):
+    self._size = size
+
+  def map(self, element: Mapping[str, Any]) -> dict[str, Any]:
+    both, valid = augment_lib.center_crop_or_pad(_split_join(element), element["valid"],
+                                                 self._size)
+    return _with_pixels(element, both, valid)
+
+
+class ToExample(grain.transforms.Map):
+  """Pads channels to `max_channels` and emits the fixed-shape, model-facing example."""
+
+  def __init__(self, registry: SensorRegistry, max_channels: int, keep_index: bool = False):
+    self._registry = registry
+    self._max_channels = max_channels
+    self._keep_index = keep_index
+
+  def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    sensor = self._registry.get(element["sensor"])
+    c = sensor.num_channels
+    if c > self._max_channels:
+      raise ValueError(f"sensor {sensor.name!r} has {c} channels but max_channels is "
+                       f"{self._max_channels}")
+    pad = [(0, 0), (0, 0), (0, self._max_channels - c)]
+    example = {
+        "pixels": np.pad(np.ascontiguousarray(element["pixels"], np.float32), pad),
+        "valid": np.ascontiguousarray(element["valid"], np.float32),
+        "modality": np.int32(modality_id(sensor.modality)),
+        "sensor": np.int32(self._registry.index(sensor.name)),
+        "raw": np.pad(np.ascontiguousarray(element["raw"], np.float32), pad),
+    }
+    if self._keep_index:
+      example["index"] = np.int32(element["index"])
+    return example
+
+
+def _check_shard(shard_index: int, shard_count: int) -> None:
+  if shard_count < 1 or not 0 <= shard_index < shard_count:
+    raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}")
+
+
+def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size: int,
+                 max_channels: int, seed: int, shuffle: bool = True, augment: bool = True,
+                 drop_remainder: bool = True, shard_index: int = 0, shard_count: int = 1,
+                 min_tile_size: int = DEFAULT_MIN_TILE_SIZE, crop_scale=(0.2, 0.5),
+                 interpolation: Mapping[str, str] | None = None,
+                 keep_index: bool = False) -> grain.MapDataset:
+  """Infinite training dataset of fixed-shape batches (see the module docstring for the batch).
+
+  Args:
+    source: random-access source (`__len__`, `__getitem__`) of sensor-tagged records.
+    registry: the sensors; the same registry (and order) must be saved with the model.
+    batch_size: per-host batch size B.
+    crop_size: output tile size H = W.
+    max_channels: Cmax, channels of the padded pixel tensor.
+    seed: seeds the shuffle and the augmentation.
+    shuffle: shuffle the shard, re-drawn each epoch.
+    augment: random resized crop + flip; otherwise a centre crop.
+    drop_remainder: only matters for finite sources; kept for symmetry with eval.
+    shard_index, shard_count: this host's slice of the source.
+    min_tile_size: smallest accepted tile side (one patch).
+    crop_scale: area fraction range of the random crop (the paper: 0.2-0.5).
+    interpolation: per-modality override of `augment.INTERPOLATION`.
+    keep_index: also emit "index" int32 (B,), the source record index (tests, debugging).
+
+  Returns:
+    A `grain.MapDataset` of batches; its length is effectively infinite (repeat forever).
+  """
+  _check_shard(shard_index, shard_count)
+  ds = grain.MapDataset.source(source).seed(seed)
+  ds = ds[shard_index::shard_count]
+  if len(ds) == 0:
+    raise ValueError(f"shard {shard_index} of {shard_count} is empty (source has {len(source)} "
+                     "records)")
+  if shuffle:
+    ds = ds.shuffle()
+  ds = ds.repeat(None)
+  ds = ds.map(ValidateAndNormalize(registry, min_tile_size))
+  if augment:
+    ds = ds.random_map(RandomCropFlip(registry, crop_size, crop_scale, interpolation))
+  else:
+    ds = ds.map(CenterCrop(crop_size))
+  ds = ds.map(ToExample(registry, max_channels, keep_index))
+  return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def make_eval_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size: int,
+                      max_channels: int, drop_remainder: bool = False, shard_index: int = 0,
+                      shard_count: int = 1, min_tile_size: int = DEFAULT_MIN_TILE_SIZE,
+                      keep_index: bool = False) -> grain.MapDataset:
+  """One ordered pass over this shard, centre-cropped; the last batch may be smaller (B' <= B)."""
+  _check_shard(shard_index, shard_count)
+  ds = grain.MapDataset.source(source)[shard_index::shard_count]
+  ds = ds.map(ValidateAndNormalize(registry, min_tile_size))
+  ds = ds.map(CenterCrop(crop_size))
+  ds = ds.map(ToExample(registry, max_channels, keep_index))
+  return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def make_iterator(dataset: grain.MapDataset, *, num_threads: int = 4,
+                  prefetch_buffer_size: int = 8, num_workers: int = 0) -> grain.DatasetIterator:
+  """Iterator over `dataset` with thread prefetch, optionally multiprocess workers.
+
+  Grain's default read options prefetch 500 elements, and elements here are whole batches; the
+  smaller default keeps start-up and memory small. With `num_workers > 0` the workers are
+  spawned processes: the program's entry point needs an `if __name__ == "__main__":` guard.
+  `get_state()` / `set_state()` resume exactly; see `state_to_json`.
+  """
+  read_options = grain.ReadOptions(num_threads=num_threads,
+                                   prefetch_buffer_size=prefetch_buffer_size)
+  ds = dataset.to_iter_dataset(read_options)
+  if num_workers > 0:
+    # Grain reads absl flags when it starts workers; a program that is not an absl app (pytest,
+    # a notebook) would fail with UnparsedFlagAccessError. Flag defaults are what we want then.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(ds)
+
+
+def state_to_json(state: Mapping[str, Any]) -> str:
+  """Iterator state -> JSON text (for a checkpoint). Raises TypeError if not JSON-safe."""
+  return json.dumps(state, sort_keys=True)
+
+
+def state_from_json(text: str) -> dict[str, Any]:
+  return json.loads(text)

@@ -1,0 +1,182 @@
+"""SwinV2 encoder with a hierarchical MoE FFN in every block (the RingMoE backbone).
+
+Axes: B batch, h/w token grid of a stage, C channels of a stage, T = B*h*w tokens, M modalities.
+
+Block (SwinV2 res-post-norm):  x = x + LN(WindowAttn(x));  x = x + LN(MoE(x, modality)).
+Stage i: depths[i] blocks (even blocks unshifted, odd shifted by ws/2), then patch merging
+(2x2 concat, Linear 4C -> 2C, LN), except after the last stage. A window larger than the map
+shrinks to the map (and stops shifting), as in Swin.
+
+`RingMoEEncoder.__call__` returns the feature map of every stage (for the downstream heads:
+FPN / UperNet need all levels) and routing statistics for every block (cheap: a few counters
+per expert), so pruning and observability need no second pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ringmoe_jax.models.attention import WindowAttentionV2, effective_window, windowed_attention
+from ringmoe_jax.models.patch_embed import ModalityPatchEmbed
+from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Plain-data description of the backbone (built from config.model)."""
+  img_size: int = 192
+  patch_size: int = 4
+  embed_dim: int = 448
+  depths: tuple[int, ...] = (2, 2, 18, 2)
+  num_heads: tuple[int, ...] = (14, 28, 56, 112)
+  window_size: int = 12
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  pretrained_window_size: int = 0
+  cpb_hidden: int = 512
+  in_channels: tuple[int, ...] = (3, 4, 8, 1)  # per modality, in MODALITIES order
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  @property
+  def num_stages(self) -> int:
+    return len(self.depths)
+
+  def stage_dim(self, i: int) -> int:
+    return self.embed_dim * 2**i
+
+  def stage_size(self, i: int) -> int:
+    return self.img_size // self.patch_size // 2**i
+
+  @classmethod
+  def from_config(cls, model_cfg: Any, in_channels: Sequence[int]) -> "EncoderConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+          for k, v in dict(model_cfg).items() if k in fields}
+    kw["in_channels"] = tuple(in_channels)
+    return cls(**kw)
+
+
+def _layer_norm(dim: int, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, epsilon=1e-5, param_dtype=param_dtype, rngs=rngs,
+                       scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)),
+                       bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
+
+
+class SwinMoEBlock(nnx.Module):
+  """One SwinV2 block whose FFN is the hierarchical MoE. (B, h, w, C) -> (B, h, w, C)."""
+
+  def __init__(self, dim: int, heads: int, window: int, shift: int, cfg: EncoderConfig,
+               moe_cfg: MoEConfig, *, rngs: nnx.Rngs):
+    dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.window, self.shift = window, shift
+    self.attn = WindowAttentionV2(dim, heads, window, qkv_bias=cfg.qkv_bias,
+                                  pretrained_window_size=cfg.pretrained_window_size,
+                                  cpb_hidden=cfg.cpb_hidden, dtype=dtype, param_dtype=pdt,
+                                  rngs=rngs)
+    self.norm1 = _layer_norm(dim, pdt, rngs)
+    self.moe = HierarchicalMoE(dim, int(dim * cfg.mlp_ratio), moe_cfg, dtype=dtype,
+                               param_dtype=pdt, rngs=rngs)
+    self.norm2 = _layer_norm(dim, pdt, rngs)
+
+  def __call__(self, x, modality, token_valid, *, train: bool):
+    """x (B, h, w, C), modality (B,), token_valid (B, h, w) bool -> x, aux."""
+    b, h, w, c = x.shape
+    a = windowed_attention(self.attn, x, self.window, self.shift)
+    x = x + self.norm1(a).astype(x.dtype)
+    tok_mod = jnp.broadcast_to(modality[:, None], (b, h * w)).reshape(-1)
+    y, aux = self.moe(x.reshape(b * h * w, c), tok_mod, token_valid.reshape(-1), train=train)
+    x = x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype)
+    return x, aux
+
+
+class PatchMerging(nnx.Module):
+  """(B, h, w, C) -> (B, h/2, w/2, 2C): 2x2 neighbours concatenated, Linear 4C->2C, LayerNorm."""
+
+  def __init__(self, dim: int, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.reduction = nnx.Linear(
+        4 * dim, 2 * dim, use_bias=False, dtype=self.dtype, param_dtype=pdt, rngs=rngs,
+        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("mlp", "embed")))
+    self.norm = _layer_norm(2 * dim, pdt, rngs)
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
+    x = x.reshape(b, h // 2, w // 2, 4 * c)  # Swin order: x0(0,0), x1(1,0), x2(0,1), x3(1,1)
+    return self.norm(self.reduction(x)).astype(self.dtype)
+
+
+class RingMoEEncoder(nnx.Module):
+  """Pixels of any modality mix -> multi-level features + routing statistics."""
+
+  def __init__(self, cfg: EncoderConfig, moe_cfg: MoEConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.patch_embed = ModalityPatchEmbed(cfg.in_channels, cfg.patch_size, cfg.embed_dim,
+                                          dtype=dtype, param_dtype=pdt, rngs=rngs)
+    self.mask_token = nnx.Param(  # SimMIM: trunc-normal(0.02)
+        nnx.initializers.truncated_normal(0.02)(rngs.params(), (cfg.embed_dim,), pdt),
+        sharding_names=("embed",))
+    stages, merges = [], []
+    for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
+      dim, size = cfg.stage_dim(i), cfg.stage_size(i)
+      blocks = []
+      for j in range(depth):
+        ws, shift = effective_window(size, size, cfg.window_size,
+                                     0 if j % 2 == 0 else cfg.window_size // 2)
+        blocks.append(SwinMoEBlock(dim, heads, ws, shift, cfg, moe_cfg, rngs=rngs))
+      stages.append(nnx.List(blocks))
+      if i < cfg.num_stages - 1:
+        merges.append(PatchMerging(dim, cfg, rngs=rngs))
+    self.stages = nnx.List(stages)
+    self.merges = nnx.List(merges)
+    self.final_norm = _layer_norm(cfg.stage_dim(cfg.num_stages - 1), pdt, rngs)
+
+  def __call__(self, pixels: jax.Array, modality: jax.Array, *,
+               mask: jax.Array | None = None, valid: jax.Array | None = None,
+               train: bool = True) -> tuple[list[jax.Array], dict[str, Any]]:
+    """Encode a batch.
+
+    Args:
+      pixels: (B, H, W, Cmax) normalised pixels; channels past a modality's count are ignored.
+      modality: (B,) int32 modality id of each tile (from its sensor tag).
+      mask: (B, H/p, W/p) bool, True = replace that patch by the mask token (SimMIM).
+      valid: (B, H, W) valid-pixel mask; tokens without any valid pixel route to no expert.
+      train: training (capacity_factor) or evaluation (eval_capacity_factor) routing.
+
+    Returns:
+      features: per stage (B, h_i, w_i, C_i); the last one final-normed.
+      aux: {'balance_loss': () summed over blocks, 'routing': {router: {stat: (L, ...)}}}.
+    """
+    cfg = self.cfg
+    x = self.patch_embed(pixels, modality)  # (B, h, w, D)
+    b, h, w, _ = x.shape
+    if mask is not None:
+      m = mask.astype(x.dtype)[..., None]
+      x = x * (1 - m) + self.mask_token[...].astype(x.dtype) * m
+    if valid is None:
+      tok_valid = jnp.ones((b, h, w), bool)
+    else:
+      p = cfg.patch_size
+      tok_valid = valid.reshape(b, h, p, w, p).max(axis=(2, 4)) > 0
+    features, block_aux = [], []
+    balance = jnp.zeros((), jnp.float32)
+    for i, blocks in enumerate(self.stages):
+      for blk in blocks:
+        x, aux = blk(x, modality, tok_valid, train=train)
+        balance = balance + aux.pop("balance_loss")
+        block_aux.append(aux)
+      if i < cfg.num_stages - 1:
+        features.append(x)
+        x = self.merges[i](x)
+        bb, hh, ww = tok_valid.shape
+        tok_valid = tok_valid.reshape(bb, hh // 2, 2, ww // 2, 2).max(axis=(2, 4))
+    features.append(self.final_norm(x).astype(x.dtype))
+    routing = jax.tree.map(lambda *xs: jnp.stack(xs), *block_aux) if block_aux else {}
+    return features, {"balance_loss": balance, "routing": routing}

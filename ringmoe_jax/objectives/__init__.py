@@ -1,0 +1,1 @@
+"""Pre-training objectives: masking, decoders, targets and losses (SimMIM; physics terms later)."""

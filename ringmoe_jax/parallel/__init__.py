@@ -1,0 +1,1 @@
+"""Placement: the device mesh and the logical-axis -> mesh-axis rules."""

@@ -1,0 +1,58 @@
+"""Logical axis names -> mesh axes, by rules kept in the config.
+
+Parameters carry logical names (`sharding_names=('exp', 'embed', 'mlp')`); a rule maps each name
+to mesh axes. A mesh axis is used at most once per array, and a dimension that the mesh axes do
+not divide stays replicated (so tiny models run on any mesh).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ringmoe_jax.parallel.mesh import BATCH_AXES
+
+# Data parallel: parameters replicated, batch split. Presets for fsdp / expert / tensor add rows.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("exp", "expert"),
+)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], rules, mesh: Mesh) -> P:
+  """PartitionSpec for an array of `shape` whose dims have logical `names`."""
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for name, dim in zip(names, shape):
+    axes = table.get(name) if name is not None else None
+    if axes is None:
+      out.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if a not in used and mesh.shape.get(a, 1) > 1)
+    if not axes or dim % math.prod(mesh.shape[a] for a in axes):
+      out.append(None)
+      continue
+    used.update(axes)
+    out.append(axes[0] if len(axes) == 1 else axes)
+  return P(*out)
+
+
+def state_shardings(state: nnx.State, rules, mesh: Mesh):
+  """NamedSharding for every Variable of `state`, from its `out_sharding` logical names."""
+  def one(v):
+    names = v.get_metadata().get("out_sharding") or (None,) * v.get_value().ndim
+    return NamedSharding(mesh, logical_to_spec(names, v.get_value().shape, rules, mesh))
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading (batch) axis split over the batch axes, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

@@ -1,0 +1,1 @@
+"""Training: model/optimizer state, the jitted step, checkpoints, metric logs, the loop."""

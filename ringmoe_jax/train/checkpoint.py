@@ -1,0 +1,45 @@
+"""Orbax checkpoints of the train state plus JSON side data (data iterator, sensors, config).
+
+Orbax writes each step into a temporary directory and renames it only once every item is
+complete, and `latest_step()` lists only finalised steps: a save killed midway is never restored;
+the previous complete checkpoint is.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Save / restore {'state': pytree, 'data': json, 'meta': json} per step."""
+
+  def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data: Any, meta: Any, *, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, Any]:
+    """abstract_state: ShapeDtypeStructs with shardings (any topology) -> (state, data, meta)."""
+    r = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return r.state, r.data, r.meta
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

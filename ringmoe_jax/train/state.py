@@ -1,0 +1,73 @@
+"""The train state as a plain pytree, its shardings, and its creation on the mesh.
+
+state = {'step': () int32,
+         'params': pure dict of the model's nnx.Params,
+         'opt_state': optax state,
+         'routing_counts': {router: (L, E) float32}  tokens routed to each expert so far
+                           (not optimised; saved with checkpoints for the pruning transform)}
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ringmoe_jax.parallel.sharding import state_shardings
+
+
+def routing_count_shapes(model) -> dict[str, tuple[int, int]]:
+  """{router: (num_blocks, num_experts)} for the routers the model has."""
+  blocks = [blk for stage in model.encoder.stages for blk in stage]
+  moe = blocks[0].moe
+  out = {}
+  if moe.special is not None:
+    out["special"] = (len(blocks), moe.special.w1.shape[0])
+  if moe.collab is not None:
+    out["collab"] = (len(blocks), moe.collab.w1.shape[0])
+  return out
+
+
+class StateBuilder:
+  """Knows the model's graph, the optimizer and where every leaf of the state lives."""
+
+  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, mesh: Mesh, rules):
+    self.graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: model), nnx.Param)
+    self._template = abstract_params
+    self.model = model
+    self.tx = tx
+    self.mesh = mesh
+    self.param_shardings = state_shardings(abstract_params, rules, mesh).to_pure_dict()
+    self.count_shapes = routing_count_shapes(model)
+    abstract = jax.eval_shape(self._init_from, nnx.state(model, nnx.Param).to_pure_dict())
+    replicated = NamedSharding(mesh, P())
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract["opt_state"], self.param_shardings,
+        transform_non_params=lambda _: replicated)
+    self.shardings = {
+        "step": replicated, "params": self.param_shardings, "opt_state": opt_shardings,
+        "routing_counts": {k: replicated for k in self.count_shapes}}
+    self.abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        self.shardings)
+
+  def _init_from(self, params):
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": self.tx.init(params),
+            "routing_counts": {k: jnp.zeros(s, jnp.float32)
+                               for k, s in self.count_shapes.items()}}
+
+  def init(self) -> dict[str, Any]:
+    """Fresh state from the model's initial parameters, placed on the mesh."""
+    params = nnx.state(self.model, nnx.Param).to_pure_dict()
+    params = jax.device_put(params, self.param_shardings)
+    return jax.jit(self._init_from, out_shardings=self.shardings)(params)
+
+  def merge(self, params) -> nnx.Module:
+    """An nnx model whose Params are `params` (pure dict); usable inside jit."""
+    state = jax.tree.map(lambda x: x, self._template)  # a fresh copy: filled in place below
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(self.graphdef, state)

@@ -1,0 +1,177 @@
+"""The pre-training loop, top to bottom: config, mesh, input, model + optimizer, state,
+checkpoint / resume, loop (log, checkpoint, stop on a signal).
+
+SIGINT / SIGTERM ask the loop to stop: it finishes the current step, saves a checkpoint and
+returns, so a rerun with the same workdir loses nothing (at most the step in flight).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from ringmoe_jax.config.validate import validate
+from ringmoe_jax.data import pipeline as pipeline_lib
+from ringmoe_jax.data.synthetic import SyntheticTiles
+from ringmoe_jax.parallel.mesh import make_mesh
+from ringmoe_jax.parallel.sharding import DEFAULT_RULES, batch_sharding
+from ringmoe_jax.sensors.modalities import MODALITIES
+from ringmoe_jax.sensors.registry import default_registry
+from ringmoe_jax.train.checkpoint import Checkpointer
+from ringmoe_jax.train.metrics_log import MetricWriter
+from ringmoe_jax.train.model import count_params, make_model
+from ringmoe_jax.train.optim import make_optimizer
+from ringmoe_jax.train.state import StateBuilder
+from ringmoe_jax.train.step import make_train_step
+
+
+class _StopFlag:
+  """Set by SIGINT/SIGTERM; a second signal interrupts at once."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for s in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._old[s] = signal.signal(s, self._handle)
+      except ValueError:  # not the main thread (e.g. called from a test thread)
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(f"received signal {signum}: saving at the end of this step", flush=True)
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+def build_registry(config):
+  """The default sensor registry plus config.data.sensor_files; checks the sensors in use."""
+  reg = default_registry()
+  for path in config.data.sensor_files:
+    reg.load_file(path)
+  for name in config.data.sensors:
+    sensor = reg.get(name)  # unknown sensor: error listing the registered ones
+    want = int(config.model.in_channels[sensor.modality])
+    if sensor.num_channels != want:
+      raise ValueError(f"sensor {name!r} ({sensor.modality}) has {sensor.num_channels} "
+                       f"channels but model.in_channels.{sensor.modality} is {want}")
+  return reg
+
+
+def make_data(config, registry, seed_offset: int = 0):
+  d = config.data
+  if d.source != "synthetic":
+    raise ValueError(f"data.source={d.source!r}: only 'synthetic' is built in so far")
+  source = SyntheticTiles(num_tiles=d.num_tiles, tile_size=d.tile_size, sensors=tuple(d.sensors),
+                          weights=None if d.weights is None else tuple(d.weights),
+                          registry=registry, seed=config.seed + seed_offset)
+  max_channels = max(int(config.model.in_channels[m]) for m in MODALITIES)
+  ds = pipeline_lib.make_dataset(
+      source, registry=registry, batch_size=d.batch_size // jax.process_count(),
+      crop_size=config.model.img_size, max_channels=max_channels, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count())
+  return pipeline_lib.make_iterator(ds, num_workers=d.num_workers)
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) pre-training; returns the final host-side metrics."""
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  primary = jax.process_index() == 0
+
+  # Mesh.
+  mesh = make_mesh(config.mesh)
+  rules = tuple(config.get("sharding_rules", DEFAULT_RULES))
+
+  # Input.
+  registry = build_registry(config)
+  data_iter = make_data(config, registry)
+
+  # Model, optimizer, state on the mesh.
+  total = config.train.total_steps
+  model = make_model(config)
+  tx = make_optimizer(config.optim, config.data.batch_size, total)
+  builder = StateBuilder(model, tx, mesh, rules)
+  train_step = make_train_step(builder, config)
+  logging.info("parameters: %d", count_params(model))
+
+  # Checkpoint / resume.
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                      max_to_keep=config.train.max_to_keep,
+                      async_save=config.train.async_checkpoint)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state, _ = ckpt.restore(latest, builder.abstract)
+    data_iter.set_state(data_state)
+    print(f"resumed from step {int(state['step'])}", flush=True)
+  else:
+    state = builder.init()
+  del model  # the state holds the parameters now
+
+  meta = {"config": json.loads(config.to_json_best_effort()),
+          "sensors": json.loads(registry.to_json()),
+          "modalities": list(MODALITIES)}
+
+  def save(step_: int, force=False):
+    meta["routing_counts"] = jax.tree.map(lambda x: np.asarray(x).tolist(),
+                                          state["routing_counts"])
+    ckpt.save(step_, state, data_iter.get_state(), meta, force=force)
+
+  writer = MetricWriter(workdir, is_primary=primary)
+  step = int(state["step"])
+  first_loss = last_loss = None
+  sh = {k: batch_sharding(mesh, n) for k, n in
+        (("pixels", 4), ("raw", 4), ("valid", 3), ("modality", 1), ("sensor", 1))}
+  t_start, s_start = time.time(), step
+  host_metrics: dict[str, Any] = {}
+  with _StopFlag() as stop, jax.set_mesh(mesh):
+    while step < total and stop.signum is None:
+      local = next(data_iter)
+      batch = {k: jax.make_array_from_process_local_data(sh[k], np.asarray(local[k]))
+               for k in sh}
+      state, metrics = train_step(state, batch)
+      step += 1
+      if step % config.train.log_every == 0 or step == total or step == s_start + 1:
+        host_metrics = jax.device_get(metrics)
+        loss = float(host_metrics["loss"])
+        if not np.isfinite(loss):
+          raise FloatingPointError(f"loss is {loss} at step {step}; not checkpointing")
+        first_loss = loss if first_loss is None else first_loss
+        last_loss = loss
+        rate = (step - s_start) / max(time.time() - t_start, 1e-9)
+        host_metrics["steps_per_sec"] = rate
+        writer.write(step, host_metrics)
+        if primary:
+          print(f"step={step} loss={loss:.4f} recon={float(host_metrics['recon_loss']):.4f} "
+                f"balance={float(host_metrics['balance_loss']):.4f} steps/s={rate:.2f} "
+                f"eta={_fmt_eta((total - step) / max(rate, 1e-9))}", flush=True)
+      if step % config.train.checkpoint_every == 0 or step == total:
+        save(step)
+    if stop.signum is not None and ckpt.latest_step() != step:
+      save(step, force=True)
+      print(f"stopped by signal {stop.signum} at step {step}; checkpoint saved", flush=True)
+  ckpt.close()
+  writer.close()
+  if primary and first_loss is not None:
+    print(f"first_loss={first_loss:.4f} last_loss={last_loss:.4f} "
+          f"ratio={last_loss / first_loss:.3f}", flush=True)
+  return {"step": step, "first_loss": first_loss, "last_loss": last_loss,
+          "metrics": host_metrics, "state": state}
