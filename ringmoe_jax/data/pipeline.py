@@ -18,6 +18,9 @@ Batch (all numpy):
                                        for physics targets such as the SAR span
   "index":    int32 (B,)               source record index; only with keep_index=True
 
+A `sources.Mixture` (e.g. one ArrayRecord source per modality) is mixed by weight after each
+part is sharded, shuffled and repeated.
+
 Sharding slices the source before shuffling, so hosts see disjoint records. The shuffle is
 re-drawn every epoch (`repeat(reseed_each_epoch=True)`) and augmentation draws from Grain's
 per-element generator, so a batch is a pure function of (seed, shard, step) and iterator state is
@@ -34,6 +37,7 @@ import numpy as np
 
 from ringmoe_jax.data import augment as augment_lib
 from ringmoe_jax.data.records import validate_record
+from ringmoe_jax.data.sources import Mixture
 from ringmoe_jax.sensors.modalities import modality_id
 from ringmoe_jax.sensors.registry import SensorRegistry
 
@@ -139,6 +143,18 @@ def _check_shard(shard_index: int, shard_count: int) -> None:
     raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}")
 
 
+def _shard_shuffle_repeat(source, seed: int, shuffle: bool, shard_index: int,
+                          shard_count: int) -> grain.MapDataset:
+  ds = grain.MapDataset.source(source).seed(seed)
+  ds = ds[shard_index::shard_count]
+  if len(ds) == 0:
+    raise ValueError(f"shard {shard_index} of {shard_count} is empty (source has {len(source)} "
+                     "records)")
+  if shuffle:
+    ds = ds.shuffle()
+  return ds.repeat(None)
+
+
 def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size: int,
                  max_channels: int, seed: int, shuffle: bool = True, augment: bool = True,
                  drop_remainder: bool = True, shard_index: int = 0, shard_count: int = 1,
@@ -148,7 +164,9 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
   """Infinite training dataset of fixed-shape batches (see the module docstring for the batch).
 
   Args:
-    source: random-access source (`__len__`, `__getitem__`) of sensor-tagged records.
+    source: random-access source (`__len__`, `__getitem__`) of sensor-tagged records, or a
+      `sources.Mixture` of them: each part is sharded, shuffled and repeated on its own, then
+      the parts are interleaved by weight.
     registry: the sensors; the same registry (and order) must be saved with the model.
     batch_size: per-host batch size B.
     crop_size: output tile size H = W.
@@ -167,14 +185,14 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
     A `grain.MapDataset` of batches; its length is effectively infinite (repeat forever).
   """
   _check_shard(shard_index, shard_count)
-  ds = grain.MapDataset.source(source).seed(seed)
-  ds = ds[shard_index::shard_count]
-  if len(ds) == 0:
-    raise ValueError(f"shard {shard_index} of {shard_count} is empty (source has {len(source)} "
-                     "records)")
-  if shuffle:
-    ds = ds.shuffle()
-  ds = ds.repeat(None)
+  if isinstance(source, Mixture):
+    parts = [_shard_shuffle_repeat(s, seed + 1 + k, shuffle, shard_index, shard_count)
+             for k, s in enumerate(source.sources)]
+    # Mixing interleaves the repeated components by weight; the element -> component map is a
+    # pure function of the position, so resume stays a step counter.
+    ds = grain.MapDataset.mix(parts, list(source.weights)).seed(seed)
+  else:
+    ds = _shard_shuffle_repeat(source, seed, shuffle, shard_index, shard_count)
   ds = ds.map(ValidateAndNormalize(registry, min_tile_size))
   if augment:
     ds = ds.random_map(RandomCropFlip(registry, crop_size, crop_scale, interpolation))

@@ -584,6 +584,9 @@ _OLI_BANDS = (
 # all but red edge and NIR2): coastal, blue, green, yellow, red, red edge 705-745, NIR1,
 # NIR2 860-1040 nm. Radiometric scaling (absCalFactor / effectiveBandwidth) is per image, in the
 # product's .IMD file, so ingestion expects calibrated reflectance.
+#
+# `dtype` is set only where a fixed DN scaling exists (Sentinel-2, Landsat): ingestion then
+# requires the DN product's storage type, so a float file is not scaled twice by mistake.
 _WV_BANDS = (
     _wl("B1", 425.0, 50.0), _wl("B2", 480.0, 60.0), _wl("B3", 545.0, 70.0),
     _wl("B4", 605.0, 40.0), _wl("B5", 660.0, 60.0), _optical("B6", 705, 745),
@@ -631,8 +634,8 @@ def _stats(name: str, n: int) -> dict[str, tuple[float, ...]]:
 
 _MORE_SENSORS = (
     Sensor(name="gaofen6_wfv", modality="ms", bands=_GAOFEN6_WFV_BANDS, gsd_m=16.0,
-           product_level="L1A", scale="reflectance", nodata=0.0, dtype="uint16",
-           dn_nodata=0.0, description="Gaofen-6 WFV 8 bands (4 of Gaofen-1 WFV + 2 red edge, "
+           product_level="L1A", scale="reflectance", nodata=0.0,
+           description="Gaofen-6 WFV 8 bands (4 of Gaofen-1 WFV + 2 red edge, "
            "purple, yellow); TOA reflectance after CRESDA calibration",
            **_stats("gaofen6_wfv", 8)),
     Sensor(name="jilin1", modality="opt", bands=_JILIN1_BANDS, gsd_m=0.92, product_level="L1",
@@ -642,14 +645,13 @@ _MORE_SENSORS = (
            bands=(_s1("VV", "real", "_re"), _s1("VV", "imag", "_im"), _s1("VH", "real", "_re"),
                   _s1("VH", "imag", "_im")),
            gsd_m=10.0,  # IW resolution 5 m (range) x 20 m (azimuth); geometric mean ~10 m
-           product_level="SLC", scale="linear", nodata=0.0, looks=1.0, dtype="complex_int16",
-           dn_nodata=0.0, description="Sentinel-1 IW SLC dual-pol VV+VH, calibrated complex "
-           "scattering amplitudes (real, imag)", **_stats("sentinel1_slc", 4)),
+           product_level="SLC", scale="linear", nodata=0.0, looks=1.0,
+           description="Sentinel-1 IW SLC dual-pol VV+VH, calibrated complex scattering "
+           "amplitudes (real, imag); a complex (CInt16/CFloat32) file band fills both", **_stats("sentinel1_slc", 4)),
     Sensor(name="sentinel1_grd", modality="sar_l2",
            bands=(_s1("VV", "amplitude"), _s1("VH", "amplitude")),
            gsd_m=10.0, product_level="GRD", scale="linear", nodata=0.0,
            looks=4.4,  # IW GRD high resolution: ENL 4.4 (Sentinel-1 User Handbook)
-           dtype="uint16", dn_nodata=0.0,
            description="Sentinel-1 IW GRD high resolution VV+VH amplitude sqrt(sigma0) after "
            "LUT calibration (the LUT is per product, so files must be calibrated)",
            **_stats("sentinel1_grd", 2)),
