@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -30,6 +31,13 @@ class RingmoeTiles(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Tile record format v1."}
+
+  # tfds 4.9.10's default `code_path` imports `importlib_resources`, which it does not declare
+  # as a dependency (it comes with TensorFlow); this file's path is what it would compute.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(__file__)
 
   def __init__(self, *, tiles_dir: str | None = None, **kwargs):
     self._tiles_dir = tiles_dir
