@@ -18,19 +18,26 @@ class StackedExperts(nnx.Module):
     init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=-2,
                                              out_axis=-1, batch_axis=(0,))
     self.w1 = nnx.Param(init(rngs.params(), (num_experts, dim, hidden), param_dtype),
-                        sharding_names=("exp", "embed", "mlp"))
+                        out_sharding=("exp", "embed", "mlp"))
     self.b1 = nnx.Param(jnp.zeros((num_experts, hidden), param_dtype),
-                        sharding_names=("exp", "mlp"))
+                        out_sharding=("exp", "mlp"))
     self.w2 = nnx.Param(init(rngs.params(), (num_experts, hidden, dim), param_dtype),
-                        sharding_names=("exp", "mlp", "embed"))
+                        out_sharding=("exp", "mlp", "embed"))
     self.b2 = nnx.Param(jnp.zeros((num_experts, dim), param_dtype),
-                        sharding_names=("exp", "embed"))
+                        out_sharding=("exp", "embed"))
     self.dtype = dtype
+
+  def weights(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(w1, b1, w2, b2) in the compute dtype."""
+    return tuple(p[...].astype(self.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x (E, C, D) -> (E, C, D)."""
-    dt = self.dtype
-    h = jnp.einsum("ecd,edf->ecf", x.astype(dt), self.w1[...].astype(dt))
-    h = jax.nn.gelu(h + self.b1[...].astype(dt)[:, None, :], approximate=False)
-    y = jnp.einsum("ecf,efd->ecd", h, self.w2[...].astype(dt))
-    return y + self.b2[...].astype(dt)[:, None, :]
+    return buffer_ffn(x.astype(self.dtype), *self.weights())
+
+
+def buffer_ffn(x, w1, b1, w2, b2):
+  """x (E, C, D), w1 (E, D, F), b1 (E, F), w2 (E, F, D), b2 (E, D) -> (E, C, D)."""
+  h = jnp.einsum("ecd,edf->ecf", x, w1)
+  h = jax.nn.gelu(h + b1[:, None, :], approximate=False)
+  return jnp.einsum("ecf,efd->ecd", h, w2) + b2[:, None, :]
