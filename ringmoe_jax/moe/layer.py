@@ -76,7 +76,7 @@ class Router(nnx.Module):
   def __init__(self, dim: int, num_groups: int, num_experts: int, std: float, *,
                rngs: nnx.Rngs):
     w = std * jax.random.normal(rngs.params(), (num_groups, dim, num_experts), jnp.float32)
-    self.kernel = nnx.Param(w, sharding_names=(None, "embed", None))
+    self.kernel = nnx.Param(w, out_sharding=(None, "embed", None))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return jnp.einsum("td,gde->tge", x.astype(jnp.float32), self.kernel[...])
