@@ -1,0 +1,43 @@
+"""Shared timing helpers for the CPU benchmarks: compile first, then best-of-N wall time.
+
+The machines are shared and noisy; candidates are timed round-robin so that a burst of load
+hits all of them alike, and the minimum over rounds is reported.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def compiled(fn: Callable, *args) -> Callable[[], object]:
+  """jit + AOT compile `fn(*args)`; returns a thunk that runs it and blocks on the result."""
+  exe = jax.jit(fn).lower(*args).compile()
+  return lambda: jax.block_until_ready(exe(*args))
+
+
+def best_of(thunks: dict[str, Callable[[], object]], rounds: int,
+            rounds_for: dict[str, int] | None = None, warmup: bool = True) -> dict[str, float]:
+  """Seconds per call, best of `rounds` (per-name override in rounds_for), round-robin."""
+  rounds_for = rounds_for or {}
+  if warmup:
+    for name, thunk in thunks.items():
+      if rounds_for.get(name, rounds) > 1:
+        thunk()
+  best = {name: float("inf") for name in thunks}
+  for r in range(max([rounds] + list(rounds_for.values()))):
+    for name, thunk in thunks.items():
+      if r < rounds_for.get(name, rounds):
+        start = time.perf_counter()
+        thunk()
+        best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
+def matmul_gflops(n: int = 2048, rounds: int = 5) -> float:
+  """The physical ceiling: float32 (n, n) @ (n, n) in GFLOP/s."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  t = best_of({"mm": compiled(lambda a: a @ a, a)}, rounds)["mm"]
+  return 2 * n ** 3 / t / 1e9
