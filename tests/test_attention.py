@@ -185,8 +185,9 @@ def _naive_windowed_attention(m, x, ws, shift):
       heads_out = []
       for hd in range(HEADS):
         sl = slice(hd * d, (hd + 1) * d)
-        qn = q[:, sl] / np.linalg.norm(q[:, sl], axis=-1, keepdims=True)
-        kn = k[:, sl] / np.linalg.norm(k[:, sl], axis=-1, keepdims=True)
+        # The module's documented normalisation: x / sqrt(||x||^2 + eps^2), eps = 1e-2.
+        qn = q[:, sl] / np.sqrt(np.sum(q[:, sl] ** 2, -1, keepdims=True) + 1e-4)
+        kn = k[:, sl] / np.sqrt(np.sum(k[:, sl] ** 2, -1, keepdims=True) + 1e-4)
         n = len(pos)
         logits = np.full((n, n), -np.inf)
         for i in range(n):

@@ -35,10 +35,16 @@ def base_config() -> ml_collections.ConfigDict:
           opt="pixels", ms="pixels", sar_l1="span", sar_l2="pixels"))))
 
   c.data = ml_collections.ConfigDict(dict(
-      source="synthetic",
+      # 'simulator' (built-in co-registered multi-modal scenes), 'synthetic' (simple per-tile
+      # generator) or 'arrayrecord' (shards from `python -m ringmoe_jax.data.ingest`, data.paths).
+      source="simulator",
+      paths=(),
       sensors=("gaofen2_pms", "gaofen1_wfv", "gaofen3_slc", "gaofen3_amp"),
-      weights=ml_collections.config_dict.placeholder(tuple),  # None: equal
-      sensor_files=(),  # user sensor definitions (JSON), registered before training
+      weights=ml_collections.config_dict.placeholder(tuple),  # per sensor; None: equal
+      # None (per-sensor weights), 'paper' (70% optical / 20% MS / 10% SAR) or {modality: w}.
+      modality_weights=ml_collections.config_dict.placeholder(object),
+      co_registered=1,  # simulator: tiles per scene rendered by different sensors
+      sensor_files=(),  # user sensor definitions (JSON/YAML), registered before training
       num_tiles=100_000, tile_size=256, batch_size=512, num_workers=0))
 
   c.optim = ml_collections.ConfigDict(dict(

@@ -50,7 +50,7 @@ def validate(c) -> None:
     size = m.img_size // m.patch_size // 2**i
     _check(dim % heads[i] == 0, f"model.num_heads[{i}]={heads[i]} does not divide the stage "
            f"dim {dim} (embed_dim * 2^{i})")
-    if m.window_size >= size:
+    if m.window_size > size:
       _check(m.allow_window_shrink, f"model.window_size={m.window_size} is larger than the "
              f"{size}x{size} map of stage {i} and model.allow_window_shrink is False")
     else:

@@ -34,12 +34,12 @@ class ModalityPatchEmbed(nnx.Module):
     self.dtype = dtype
     self.kernels = nnx.List([
         nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (patch_size * patch_size * c, dim),
-                                                  param_dtype), sharding_names=(None, "embed"))
+                                                  param_dtype), out_sharding=(None, "embed"))
         for c in self.channels])
     m = len(self.channels)
-    self.bias = nnx.Param(jnp.zeros((m, dim), param_dtype), sharding_names=(None, "embed"))
-    self.norm_scale = nnx.Param(jnp.ones((m, dim), param_dtype), sharding_names=(None, "embed"))
-    self.norm_bias = nnx.Param(jnp.zeros((m, dim), param_dtype), sharding_names=(None, "embed"))
+    self.bias = nnx.Param(jnp.zeros((m, dim), param_dtype), out_sharding=(None, "embed"))
+    self.norm_scale = nnx.Param(jnp.ones((m, dim), param_dtype), out_sharding=(None, "embed"))
+    self.norm_bias = nnx.Param(jnp.zeros((m, dim), param_dtype), out_sharding=(None, "embed"))
 
   def __call__(self, pixels: jax.Array, modality: jax.Array) -> jax.Array:
     p, dt = self.patch_size, self.dtype

@@ -122,7 +122,7 @@ class RingMoEEncoder(nnx.Module):
                                           dtype=dtype, param_dtype=pdt, rngs=rngs)
     self.mask_token = nnx.Param(  # SimMIM: trunc-normal(0.02)
         nnx.initializers.truncated_normal(0.02)(rngs.params(), (cfg.embed_dim,), pdt),
-        sharding_names=("embed",))
+        out_sharding=("embed",))
     stages, merges = [], []
     for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
       dim, size = cfg.stage_dim(i), cfg.stage_size(i)
@@ -157,14 +157,16 @@ class RingMoEEncoder(nnx.Module):
     cfg = self.cfg
     x = self.patch_embed(pixels, modality)  # (B, h, w, D)
     b, h, w, _ = x.shape
-    if mask is not None:
-      m = mask.astype(x.dtype)[..., None]
-      x = x * (1 - m) + self.mask_token[...].astype(x.dtype) * m
     if valid is None:
       tok_valid = jnp.ones((b, h, w), bool)
     else:
       p = cfg.patch_size
       tok_valid = valid.reshape(b, h, p, w, p).max(axis=(2, 4)) > 0
+    # Patches without a single valid pixel carry no signal: they become the mask token, like
+    # masked patches (missing data is an explicit mask, never a made-up value).
+    replace = ~tok_valid if mask is None else (mask | ~tok_valid)
+    m = replace.astype(x.dtype)[..., None]
+    x = x * (1 - m) + self.mask_token[...].astype(x.dtype) * m
     features, block_aux = [], []
     balance = jnp.zeros((), jnp.float32)
     for i, blocks in enumerate(self.stages):

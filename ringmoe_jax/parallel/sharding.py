@@ -1,6 +1,6 @@
 """Logical axis names -> mesh axes, by rules kept in the config.
 
-Parameters carry logical names (`sharding_names=('exp', 'embed', 'mlp')`); a rule maps each name
+Parameters carry logical names (`out_sharding=('exp', 'embed', 'mlp')`); a rule maps each name
 to mesh axes. A mesh axis is used at most once per array, and a dimension that the mesh axes do
 not divide stays replicated (so tiny models run on any mesh).
 """

@@ -18,7 +18,7 @@ from absl import logging
 
 from ringmoe_jax.config.validate import validate
 from ringmoe_jax.data import pipeline as pipeline_lib
-from ringmoe_jax.data.synthetic import SyntheticTiles
+from ringmoe_jax.data import sources
 from ringmoe_jax.parallel.mesh import make_mesh
 from ringmoe_jax.parallel.sharding import DEFAULT_RULES, batch_sharding
 from ringmoe_jax.sensors.modalities import MODALITIES
@@ -71,13 +71,11 @@ def build_registry(config):
   return reg
 
 
-def make_data(config, registry, seed_offset: int = 0):
+def make_data(config, registry):
+  """The training iterator: config.data's source, this process's shard, batches of
+  data.batch_size / process_count tiles."""
   d = config.data
-  if d.source != "synthetic":
-    raise ValueError(f"data.source={d.source!r}: only 'synthetic' is built in so far")
-  source = SyntheticTiles(num_tiles=d.num_tiles, tile_size=d.tile_size, sensors=tuple(d.sensors),
-                          weights=None if d.weights is None else tuple(d.weights),
-                          registry=registry, seed=config.seed + seed_offset)
+  source = sources.make_source(d, registry, config.seed)
   max_channels = max(int(config.model.in_channels[m]) for m in MODALITIES)
   ds = pipeline_lib.make_dataset(
       source, registry=registry, batch_size=d.batch_size // jax.process_count(),
@@ -86,13 +84,36 @@ def make_data(config, registry, seed_offset: int = 0):
   return pipeline_lib.make_iterator(ds, num_workers=d.num_workers)
 
 
-def _fmt_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+class _Throughput:
+  """steps/s and ETA measured from the end of the first (compiling) step of this run."""
+
+  def __init__(self, step: int):
+    self.first_step = step
+    self.t0 = None
+
+  def tick(self, step: int, device_step) -> None:
+    if self.t0 is None:
+      jax.block_until_ready(device_step)  # once: exclude compilation from the rate
+      self.t0, self.s0 = time.time(), step
+
+  def rate(self, step: int) -> float:
+    dt = time.time() - self.t0
+    return (step - self.s0) / dt if dt > 0 and step > self.s0 else float("nan")
+
+  def eta(self, step: int, total: int) -> str:
+    r = self.rate(step)
+    if not np.isfinite(r) or r <= 0:
+      return "?"
+    sec = int((total - step) / r)
+    return f"{sec // 3600}h{sec % 3600 // 60:02d}m{sec % 60:02d}s"
 
 
-def train(config, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) pre-training; returns the final host-side metrics."""
+def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) pre-training to config.train.total_steps; returns final metrics.
+
+  max_steps_this_run: stop (with a checkpoint) after this many steps, e.g. to fit a job into a
+  time slot; the next call resumes exactly where this one stopped.
+  """
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   primary = jax.process_index() == 0
@@ -137,41 +158,41 @@ def train(config, workdir: str) -> dict[str, Any]:
 
   writer = MetricWriter(workdir, is_primary=primary)
   step = int(state["step"])
-  first_loss = last_loss = None
+  stop_at = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
+  losses: list[float] = []
   sh = {k: batch_sharding(mesh, n) for k, n in
         (("pixels", 4), ("raw", 4), ("valid", 3), ("modality", 1), ("sensor", 1))}
-  t_start, s_start = time.time(), step
+  timer = _Throughput(step)
   host_metrics: dict[str, Any] = {}
   with _StopFlag() as stop, jax.set_mesh(mesh):
-    while step < total and stop.signum is None:
+    while step < stop_at and stop.signum is None:
       local = next(data_iter)
       batch = {k: jax.make_array_from_process_local_data(sh[k], np.asarray(local[k]))
                for k in sh}
       state, metrics = train_step(state, batch)
       step += 1
-      if step % config.train.log_every == 0 or step == total or step == s_start + 1:
+      timer.tick(step, state["step"])
+      if step % config.train.log_every == 0 or step in (stop_at, timer.first_step + 1):
         host_metrics = jax.device_get(metrics)
         loss = float(host_metrics["loss"])
         if not np.isfinite(loss):
           raise FloatingPointError(f"loss is {loss} at step {step}; not checkpointing")
-        first_loss = loss if first_loss is None else first_loss
-        last_loss = loss
-        rate = (step - s_start) / max(time.time() - t_start, 1e-9)
-        host_metrics["steps_per_sec"] = rate
+        losses.append(loss)
+        host_metrics["steps_per_sec"] = timer.rate(step)
         writer.write(step, host_metrics)
         if primary:
           print(f"step={step} loss={loss:.4f} recon={float(host_metrics['recon_loss']):.4f} "
-                f"balance={float(host_metrics['balance_loss']):.4f} steps/s={rate:.2f} "
-                f"eta={_fmt_eta((total - step) / max(rate, 1e-9))}", flush=True)
-      if step % config.train.checkpoint_every == 0 or step == total:
+                f"balance={float(host_metrics['balance_loss']):.4f} "
+                f"steps/s={timer.rate(step):.2f} eta={timer.eta(step, total)}", flush=True)
+      if step % config.train.checkpoint_every == 0 or step == stop_at:
         save(step)
     if stop.signum is not None and ckpt.latest_step() != step:
       save(step, force=True)
       print(f"stopped by signal {stop.signum} at step {step}; checkpoint saved", flush=True)
   ckpt.close()
   writer.close()
-  if primary and first_loss is not None:
-    print(f"first_loss={first_loss:.4f} last_loss={last_loss:.4f} "
-          f"ratio={last_loss / first_loss:.3f}", flush=True)
-  return {"step": step, "first_loss": first_loss, "last_loss": last_loss,
-          "metrics": host_metrics, "state": state}
+  if primary and losses:
+    print(f"first_loss={losses[0]:.4f} last_loss={losses[-1]:.4f} "
+          f"ratio={losses[-1] / losses[0]:.3f}", flush=True)
+  return {"step": step, "losses": losses, "metrics": host_metrics, "state": state,
+          "stopped_by_signal": stop.signum}

@@ -1,0 +1,22 @@
+"""Shared test fixtures: a micro config that builds and steps in seconds on 8 fake devices."""
+from __future__ import annotations
+
+from ringmoe_jax.config.load import load_config
+
+
+def micro_config(**overrides):
+  """pretrain_tiny shrunk: 32 px crops, embed 16, one block per stage, batch 8."""
+  c = load_config("pretrain_tiny")
+  c.model.update(img_size=32, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
+                 window_size=4, cpb_hidden=16)
+  c.mim.mask_cell = 8
+  c.data.update(num_tiles=256, tile_size=40, batch_size=8)
+  c.optim.update(base_lr=2e-3, base_batch=8, warmup_steps=2)
+  c.train.update(total_steps=6, log_every=2, checkpoint_every=3, async_checkpoint=False)
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
