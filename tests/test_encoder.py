@@ -5,15 +5,29 @@ import numpy as np
 import pytest
 
 from helpers import micro_config
+from flax import nnx
+
 from ringmoe_jax.objectives import masking
 from ringmoe_jax.train.model import make_model
 
 
+class _Jitted:
+  """encode(pixels, modality), compiled once per input shape."""
+
+  def __init__(self, model):
+    self.encoder = nnx.jit(lambda m, px, mod: m.encoder(px, mod, train=False))
+    self.model = model
+
+  def __call__(self, px, mod):
+    return self.encoder(self.model, px, mod)
+
+
 @pytest.fixture(scope="module")
-def model():
+def encode():
   c = micro_config()
   c.moe.eval_capacity_factor = 100.0  # nothing dropped: outputs depend on the tile alone
-  return make_model(c)
+  c.moe.dispatcher = "capacity"
+  return _Jitted(make_model(c))
 
 
 def _batch(b=8, size=32, seed=0, modality=None):
@@ -22,41 +36,41 @@ def _batch(b=8, size=32, seed=0, modality=None):
   return (jnp.asarray(rng.normal(size=(b, size, size, 8)), jnp.float32), jnp.asarray(mod))
 
 
-def test_multi_level_features(model):
+def test_multi_level_features(encode):
   px, mod = _batch()
-  feats, aux = model.encoder(px, mod, train=False)
+  feats, aux = encode(px, mod)
   assert [f.shape for f in feats] == [(8, 8, 8, 16), (8, 4, 4, 32), (8, 2, 2, 64), (8, 1, 1, 128)]
   assert aux["routing"]["special"]["tokens_per_expert"].shape == (5, 16)  # 5 blocks, 4x4 experts
 
 
-def test_modality_comes_from_the_tag_not_the_position(model):
+def test_modality_comes_from_the_tag_not_the_position(encode):
   px, mod = _batch()
   perm = jnp.asarray([3, 1, 7, 0, 5, 2, 6, 4])
-  f1, _ = model.encoder(px, mod, train=False)
-  f2, _ = model.encoder(px[perm], mod[perm], train=False)
+  f1, _ = encode(px, mod)
+  f2, _ = encode(px[perm], mod[perm])
   np.testing.assert_allclose(f1[-1][perm], f2[-1], rtol=1e-4, atol=1e-5)
   # A tile's features do not depend on the rest of the batch (any mix of modalities works).
-  f_alone, _ = model.encoder(px[2:3], mod[2:3], train=False)
+  f_alone, _ = encode(px[2:3], mod[2:3])
   np.testing.assert_allclose(f1[-1][2:3], f_alone[-1], rtol=1e-4, atol=1e-5)
   # The same pixels under another sensor tag give other features.
-  f_other, _ = model.encoder(px[2:3], (mod[2:3] + 1) % 4, train=False)
+  f_other, _ = encode(px[2:3], (mod[2:3] + 1) % 4)
   assert not np.allclose(f_alone[-1], f_other[-1], atol=1e-3)
 
 
-def test_tokens_reach_only_their_own_modalitys_special_experts(model):
+def test_tokens_reach_only_their_own_modalitys_special_experts(encode):
   px, _ = _batch(b=4, modality=[2, 2, 2, 2])
-  _, aux = model.encoder(px, jnp.full((4,), 2, jnp.int32), train=False)
+  _, aux = encode(px, jnp.full((4,), 2, jnp.int32))
   counts = np.asarray(aux["routing"]["special"]["tokens_per_expert"])  # (blocks, 16)
   assert counts[:, 8:12].sum() > 0
   assert counts[:, :8].sum() == 0 and counts[:, 12:].sum() == 0
 
 
-def test_padded_channels_are_ignored(model):
+def test_padded_channels_are_ignored(encode):
   px, _ = _batch(b=2, modality=[0, 0])
   mod = jnp.zeros((2,), jnp.int32)
   noisy = px.at[..., 3:].set(123.0)  # an optical tile has 3 channels; the rest is padding
-  np.testing.assert_allclose(model.encoder(px, mod, train=False)[0][-1],
-                             model.encoder(noisy, mod, train=False)[0][-1], rtol=1e-5)
+  np.testing.assert_allclose(encode(px, mod)[0][-1],
+                             encode(noisy, mod)[0][-1], rtol=1e-5)
 
 
 @pytest.mark.parametrize("img,cell,ratio", [(192, 8, 0.6), (64, 4, 0.6), (32, 2, 0.5)])

@@ -208,7 +208,7 @@ def test_group_needs_crs(tmp_path, capsys):
   b = _write_tif(tmp_path / "b.tif", np.ones((1, 64, 64), np.float32), crs=None)
   rc, err = _cli(capsys, "--group", "--sensor=gaofen2_pms", "--sensor=gaofen3_amp",
                  f"--output={tmp_path / 'o'}", a, b)
-  assert rc == 2 and err.startswith(f"error: {b}: raster has no CRS")
+  assert rc == 2 and f"\nerror: {b}: raster has no CRS" in "\n" + err
 
 
 def test_unreadable_raster(tmp_path, capsys):

@@ -27,7 +27,14 @@ def base_config() -> ml_collections.ConfigDict:
       num_special=4, num_collab=4, num_shared=1, top_k=1, capacity_factor=1.2,
       eval_capacity_factor=2.0,  # choice: evaluation should drop (almost) nothing
       special_capacity_fraction=ml_collections.config_dict.placeholder(float),
-      min_capacity=4, router_init_std=0.02, balance_weight=0.001))
+      min_capacity=4, router_init_std=0.02, balance_weight=0.001,
+      # 'auto' (GPU/TPU: dropless ragged_dot; CPU: dropless blocked; expert-sharded mesh:
+      # capacity), 'capacity', 'dropless_ragged', 'dropless_blocked'. See moe/dispatch.py.
+      dispatcher="auto",
+      expert_parallel="gspmd",  # or 'shard_map' (explicit all_to_all), parallel/expert_parallel.py
+      renormalize_gates=False,  # the paper's code renormalises top-1 to 1: a bug (RINGMOE.md)
+      batch_priority=False, jitter_noise=0.0, router_z_loss_weight=0.0,
+      dropless_block_sizes=(512, 256, 128, 64, 32)))
 
   c.mim = ml_collections.ConfigDict(dict(
       mask_ratio=0.6, mask_cell=32,

@@ -34,6 +34,7 @@ import datetime
 import json
 import os
 import sys
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -185,7 +186,11 @@ def _open(path: str):
   if not os.path.exists(path):
     raise IngestError(path, "no such file")
   try:
-    return rasterio.open(path)
+    with warnings.catch_warnings():
+      # A raster without georeference is reported by our own checks (naming the file) where
+      # it matters; rasterio's generic warning would only clutter the CLI's error output.
+      warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+      return rasterio.open(path)
   except rasterio.errors.RasterioIOError as e:
     raise IngestError(path, f"not a readable raster ({e})") from None
 

@@ -144,8 +144,9 @@ class HierarchicalMoE(nnx.Module):
     balance = jnp.zeros((), jnp.float32)
     if self.special is not None:
       frac = cfg.special_capacity_fraction or 1.0 / cfg.num_modalities
-      cap = capacity_for(max(1, round(t * frac)), cfg.num_special, cfg.top_k, cf,
-                         cfg.min_capacity)
+      # Expected tokens per special expert = frac * T / Es; the bound stays T * K (a batch of
+      # one modality may fill one of its experts completely).
+      cap = capacity_for(t, cfg.num_special, cfg.top_k, cf * frac, cfg.min_capacity)
       ys, b, aux["special"] = self._routed(x, self.special_router, self.special, modality,
                                            valid, cfg.num_modalities, cap, keys[0])
       y, balance = y + ys, balance + b

@@ -68,7 +68,7 @@ class SimMIMModel(nnx.Module):
 
 def simmim_loss(model: SimMIMModel, batch: dict[str, jax.Array], key: jax.Array, *,
                 mask_ratio: float, mask_cell_px: int, balance_weight: float,
-                train: bool = True) -> tuple[jax.Array, dict[str, Any]]:
+                z_loss_weight: float = 0.0, train: bool = True) -> tuple[jax.Array, dict[str, Any]]:
   """Total loss and metrics (each term on its own) for one batch.
 
   batch: pixels (B, H, W, Cmax) normalised, raw (B, H, W, Cmax) physical, valid (B, H, W),
@@ -98,8 +98,9 @@ def simmim_loss(model: SimMIMModel, batch: dict[str, jax.Array], key: jax.Array,
   mod_loss = mod_err / jnp.maximum(mod_cnt, 1.0)
   recon = jnp.sum(mod_loss)
   balance = aux["balance_loss"]
-  loss = recon + balance_weight * balance
-  metrics = {"loss": loss, "recon_loss": recon, "balance_loss": balance,
+  z_loss = sum(jnp.sum(r["z_loss"]) for r in aux["routing"].values())
+  loss = recon + balance_weight * balance + z_loss_weight * z_loss
+  metrics = {"loss": loss, "recon_loss": recon, "balance_loss": balance, "z_loss": z_loss,
              "mask_fraction": jnp.mean(mask.astype(jnp.float32)),
              "mim_pixels_per_modality": mod_cnt,
              "loss_per_modality": mod_loss,

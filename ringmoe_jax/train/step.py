@@ -24,6 +24,7 @@ def make_train_step(builder: StateBuilder, config):
     model = builder.merge(params)
     return simmim_loss(model, batch, key, mask_ratio=mim.mask_ratio,
                        mask_cell_px=mim.mask_cell, balance_weight=moe.balance_weight,
+                       z_loss_weight=moe.router_z_loss_weight,
                        train=True)
 
   def step(state: dict[str, Any], batch: dict[str, jax.Array]):
