@@ -160,15 +160,14 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
   step = int(state["step"])
   stop_at = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
   losses: list[float] = []
-  sh = {k: batch_sharding(mesh, n) for k, n in
-        (("pixels", 4), ("raw", 4), ("valid", 3), ("modality", 1), ("sensor", 1))}
   timer = _Throughput(step)
   host_metrics: dict[str, Any] = {}
   with _StopFlag() as stop, jax.set_mesh(mesh):
     while step < stop_at and stop.signum is None:
       local = next(data_iter)
-      batch = {k: jax.make_array_from_process_local_data(sh[k], np.asarray(local[k]))
-               for k in sh}
+      # Every key of the pipeline's batch, split over the batch axes of the mesh.
+      batch = {k: jax.make_array_from_process_local_data(
+                   batch_sharding(mesh, np.ndim(v)), np.asarray(v)) for k, v in local.items()}
       state, metrics = train_step(state, batch)
       step += 1
       timer.tick(step, state["step"])
