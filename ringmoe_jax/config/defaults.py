@@ -38,8 +38,28 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mim = ml_collections.ConfigDict(dict(
       mask_ratio=0.6, mask_cell=32,
+      # 'simmim' (whole cells) or 'pimask' (RingMo: pimask_in_cell_ratio of each selected
+      # cell's tokens; choice: 0.5, RingMo's value is not public).
+      masking="simmim", pimask_in_cell_ratio=0.5,
+      # Per modality, see objectives/targets.py: 'pixels', 'span', 'span_complex',
+      # 'reflectance' (opt/ms), 'log_intensity' (sar_l2, Gamma NLL).
       targets=ml_collections.ConfigDict(dict(
           opt="pixels", ms="pixels", sar_l1="span", sar_l2="pixels"))))
+
+  # Physics terms beyond the targets (objectives/objective.py). Off (0) by default: the paper.
+  c.physics = ml_collections.ConfigDict(dict(
+      reflectance_unit=0.1,  # choice: 'reflectance' targets in units of 0.1 reflectance (~1)
+      sar_l1_complex_weight=1.0,  # with target 'span_complex'
+      sam_weight=0.0, index_weight=0.0,
+      indices=("NDVI", "NDWI"),  # each used where the sensor has the bands (by wavelength)
+      spectral_modalities=("ms",),  # SAM / indices on these modalities' 'reflectance' targets
+      default_looks=1.0,  # SAR-L2 sensors without registry looks (choice: single look)
+      gamma_include_constants=True))  # report the true NLL (constants do not change gradients)
+
+  # Cross-modal InfoNCE on co-registered groups (batch key 'group'; data.co_registered > 1).
+  c.contrastive = ml_collections.ConfigDict(dict(
+      enabled=False, weight=0.1,  # choice
+      min_temperature=0.01, max_temperature=1.0))
 
   c.data = ml_collections.ConfigDict(dict(
       # 'simulator' (built-in co-registered multi-modal scenes), 'synthetic' (simple per-tile
@@ -60,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip=5.0))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+  # Logical-axis -> mesh-axis rules: a preset of parallel/sharding.py ('dp', 'fsdp',
+  # 'fsdp_expert', 'fsdp_expert_tensor'), or explicit rules (('embed', 'fsdp'), ...).
+  c.sharding_preset = "fsdp_expert_tensor"
+  c.sharding_rules = ()
 
   c.train = ml_collections.ConfigDict(dict(
       total_steps=100_000, log_every=50, checkpoint_every=1000, max_to_keep=3,

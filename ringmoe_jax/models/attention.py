@@ -239,22 +239,26 @@ class WindowAttentionV2(nnx.Module):
     self.pretrained_window_size = pretrained_window_size
     self.dtype = dtype
 
-    linear = functools.partial(nnx.Linear, dtype=dtype,
-                               param_dtype=param_dtype,
-                               kernel_init=kernel_init, rngs=rngs)
-    self.qkv = linear(dim, 3 * dim, use_bias=False)
+    def linear(din, dout, use_bias, names):
+      # Logical axis names ('embed', 'heads') let the sharding rules place the projections;
+      # the CPB MLP is tiny and stays replicated (names None).
+      return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                        kernel_init=nnx.with_partitioning(kernel_init, names),
+                        bias_init=nnx.with_partitioning(nnx.initializers.zeros, names[1:]),
+                        rngs=rngs)
+    self.qkv = linear(dim, 3 * dim, False, ("embed", "heads"))
     if qkv_bias:
-      self.q_bias = nnx.Param(jnp.zeros((dim,), param_dtype))
-      self.v_bias = nnx.Param(jnp.zeros((dim,), param_dtype))
+      self.q_bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=("heads",))
+      self.v_bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=("heads",))
     else:
       self.q_bias = None
       self.v_bias = None
     # Temperature is a log; init 10 as in the paper.
     self.logit_scale = nnx.Param(
         jnp.full((num_heads, 1, 1), math.log(10.0), param_dtype))
-    self.cpb_fc1 = linear(2, cpb_hidden, use_bias=True)
-    self.cpb_fc2 = linear(cpb_hidden, num_heads, use_bias=False)
-    self.proj = linear(dim, dim, use_bias=True)
+    self.cpb_fc1 = linear(2, cpb_hidden, True, (None, None))
+    self.cpb_fc2 = linear(cpb_hidden, num_heads, False, (None, None))
+    self.proj = linear(dim, dim, True, ("heads", "embed"))
 
   @property
   def relative_position_index(self) -> np.ndarray:

@@ -15,14 +15,33 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ringmoe_jax.parallel.mesh import BATCH_AXES
 
-# Data parallel: parameters replicated, batch split. Presets for fsdp / expert / tensor add rows.
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("exp", "expert"),
-)
+# Logical axes of the model: batch (tiles), length (tokens), embed (model dim), mlp (FFN hidden),
+# heads (attention heads x head dim), exp (experts). Each preset maps them to mesh axes.
+# A name missing from a preset stays replicated.
+PRESETS: dict[str, tuple[tuple[str, Any], ...]] = {
+    # Parameters replicated, batch split over every mesh axis but tensor.
+    "dp": (("batch", BATCH_AXES),),
+    # ZeRO-3 style: parameters and optimizer state split over fsdp along their model dim.
+    "fsdp": (("batch", BATCH_AXES), ("embed", "fsdp")),
+    # + experts split over the expert axis (each device holds E / expert experts).
+    "fsdp_expert": (("batch", BATCH_AXES), ("embed", "fsdp"), ("exp", "expert")),
+    # + Megatron-style tensor parallelism of the FFN hidden dim and the attention heads.
+    "fsdp_expert_tensor": (("batch", BATCH_AXES), ("embed", "fsdp"), ("exp", "expert"),
+                           ("mlp", "tensor"), ("heads", "tensor")),
+}
+DEFAULT_PRESET = "fsdp_expert_tensor"  # on a data-only mesh it degenerates to data parallel
+DEFAULT_RULES = PRESETS[DEFAULT_PRESET]
+
+
+def rules_for(config) -> tuple[tuple[str, Any], ...]:
+  """config.sharding_rules if set, else PRESETS[config.sharding_preset] (default preset)."""
+  rules = config.get("sharding_rules", None)
+  if rules:
+    return tuple((k, v) for k, v in rules)
+  name = config.get("sharding_preset", DEFAULT_PRESET)
+  if name not in PRESETS:
+    raise ValueError(f"sharding_preset={name!r}; expected one of {', '.join(PRESETS)}")
+  return PRESETS[name]
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], rules, mesh: Mesh) -> P:

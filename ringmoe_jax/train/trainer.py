@@ -20,7 +20,7 @@ from ringmoe_jax.config.validate import validate
 from ringmoe_jax.data import pipeline as pipeline_lib
 from ringmoe_jax.data import sources
 from ringmoe_jax.parallel.mesh import make_mesh
-from ringmoe_jax.parallel.sharding import DEFAULT_RULES, batch_sharding
+from ringmoe_jax.parallel.sharding import batch_sharding, rules_for
 from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.sensors.registry import default_registry
 from ringmoe_jax.train.checkpoint import Checkpointer
@@ -120,7 +120,7 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
 
   # Mesh.
   mesh = make_mesh(config.mesh)
-  rules = tuple(config.get("sharding_rules", DEFAULT_RULES))
+  rules = rules_for(config)
 
   # Input.
   registry = build_registry(config)
