@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import micro_config
+from ringmoe_jax.tools import routing_report
 from ringmoe_jax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +59,13 @@ def test_resume_is_bit_identical_and_checkpoints_round_trip(tmp_path):
   assert "gaofen3_slc" in json.dumps(meta["sensors"])
   assert np.asarray(meta["routing_counts"]["collab"]).shape == counts["collab"].shape
   assert data_state  # the Grain iterator position
+  # The routing report reads the same counts back (what the pruning transform will read).
+  step, saved = routing_report.load_counts(str(tmp_path / "b"))
+  assert step == 6
+  np.testing.assert_array_equal(saved["collab"], counts["collab"])
+  text, starved = routing_report.report(saved)
+  assert f"starved_experts={starved}" in text and starved == int((counts["collab"] == 0).sum()
+                                                                 + (counts["special"] == 0).sum())
 
 
 def test_unknown_sensor_and_channel_mismatch_fail_clearly(tmp_path):
