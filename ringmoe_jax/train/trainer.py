@@ -80,7 +80,8 @@ def make_data(config, registry):
   ds = pipeline_lib.make_dataset(
       source, registry=registry, batch_size=d.batch_size // jax.process_count(),
       crop_size=config.model.img_size, max_channels=max_channels, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count())
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      min_tile_size=config.model.patch_size)  # a tile smaller than one patch is an error
   return pipeline_lib.make_iterator(ds, num_workers=d.num_workers)
 
 
