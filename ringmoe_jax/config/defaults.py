@@ -85,7 +85,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding_preset = "fsdp_expert_tensor"
   c.sharding_rules = ()
 
+  # Stage blocks scanned in pairs (compile time independent of depth) and the backward-pass
+  # rematerialisation of each pair: 'none' | 'full' | 'dots_saveable' |
+  # 'dots_with_no_batch_dims_saveable' (models/swin.py).
+  c.remat = ml_collections.ConfigDict(dict(policy="none", scan_blocks=True))
+
   c.train = ml_collections.ConfigDict(dict(
       total_steps=100_000, log_every=50, checkpoint_every=1000, max_to_keep=3,
-      async_checkpoint=True))
+      async_checkpoint=True,
+      # A step whose loss or gradient norm is NaN/Inf is skipped inside the jitted step
+      # (counted in state['skipped_steps']); this many in a row stop the run (checked on
+      # logging and checkpoint steps) without writing a checkpoint after the streak.
+      max_consecutive_nonfinite=3,
+      # Fault injection for tests: the loss of these steps (0-based state step) is made NaN.
+      inject_nonfinite_steps=(),
+      # (first, last): a JAX profiler trace of steps first..last (1-based, inclusive) goes to
+      # WORKDIR/profile (TensorBoard / Perfetto). None: no trace.
+      profile_steps=ml_collections.config_dict.placeholder(tuple)))
   return c

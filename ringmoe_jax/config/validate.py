@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ringmoe_jax.objectives.targets import TARGET_KINDS, target_channels
+from ringmoe_jax.objectives.physics import INDICES
+from ringmoe_jax.objectives.targets import KIND_MODALITIES, TARGET_KINDS, target_channels
 from ringmoe_jax.sensors.modalities import MODALITIES
 
 
@@ -32,10 +33,14 @@ def validate(c) -> None:
     _check(name in MODALITIES, f"mim.targets: unknown modality {name!r}; expected one of "
            f"{', '.join(MODALITIES)}")
     _check(kind in TARGET_KINDS, f"mim.targets.{name}={kind!r}; expected one of {TARGET_KINDS}")
+    allowed = KIND_MODALITIES[kind]
+    _check(allowed is None or name in allowed, f"mim.targets.{name}={kind!r} is only for "
+           f"modalities {allowed}")
     try:
       target_channels(kind, int(m.in_channels[name]))
     except ValueError as e:
       raise ConfigError(f"mim.targets.{name}: {e}") from None
+  _validate_objective(c)
 
   depths, heads = tuple(m.depths), tuple(m.num_heads)
   _check(len(depths) == len(heads) and len(depths) > 0,
@@ -92,3 +97,34 @@ def validate(c) -> None:
   _check(c.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
   for ax in ("data", "fsdp", "expert", "tensor"):
     _check(c.mesh[ax] == -1 or c.mesh[ax] >= 1, f"mesh.{ax}={c.mesh[ax]} must be -1 or >= 1")
+
+
+def _validate_objective(c) -> None:
+  """mim.masking, physics.* and contrastive.* (objectives/objective.py)."""
+  mim = c.mim
+  _check(mim.get("masking", "simmim") in ("simmim", "pimask"),
+         f"mim.masking={mim.get('masking')!r}; expected 'simmim' or 'pimask'")
+  r = mim.get("pimask_in_cell_ratio", 0.5)
+  _check(0.0 < r <= 1.0, f"mim.pimask_in_cell_ratio={r} must be in (0, 1]")
+  if "physics" in c:
+    p = c.physics
+    _check(p.reflectance_unit > 0, f"physics.reflectance_unit={p.reflectance_unit} must be > 0")
+    _check(p.default_looks > 0, f"physics.default_looks={p.default_looks} must be > 0")
+    for f in ("sar_l1_complex_weight", "sam_weight", "index_weight"):
+      _check(p[f] >= 0, f"physics.{f}={p[f]} must be >= 0")
+    for name in p.indices:
+      _check(name in INDICES, f"physics.indices: unknown index {name!r}; expected one of "
+             f"{', '.join(INDICES)}")
+    for name in p.spectral_modalities:
+      _check(name in ("opt", "ms"), f"physics.spectral_modalities: {name!r} is not an optical "
+             "modality (opt, ms)")
+  if "contrastive" in c:
+    k = c.contrastive
+    _check(k.weight >= 0, f"contrastive.weight={k.weight} must be >= 0")
+    _check(0 < k.min_temperature <= k.max_temperature,
+           f"contrastive: need 0 < min_temperature ({k.min_temperature}) <= max_temperature "
+           f"({k.max_temperature})")
+    co = int(c.data.get("co_registered", 1) or 1)
+    if k.enabled and co > 1:
+      _check(c.data.batch_size % co == 0, f"data.batch_size={c.data.batch_size} must be a "
+             f"multiple of data.co_registered={co} so that groups stay whole in a batch")

@@ -16,7 +16,25 @@ Batch (all numpy):
   "sensor":   int32 (B,)               registry.index(sensor name)
   "raw":      float32 (B, H, W, Cmax)  physical values (the sensor's scale) after augmentation,
                                        for physics targets such as the SAR span
+  "looks":    float32 (B,)             the sensor's equivalent number of looks (registry), 0 if
+                                       unknown or not SAR (Gamma NLL of SAR-L2)
+  "group":    int32 (B,)               co-registration group (a hash of the record's "group"
+                                       tag, >= 0), -1 without one
   "index":    int32 (B,)               source record index; only with keep_index=True
+  "clean":    float32 (B, H, W, Cmax)  noise-free values (simulator SAR-L2), 0 elsewhere; only
+                                       with keep_clean=True (evaluation)
+  "label":    int32 (B,)               scene class ("label_class"), -1 if none; only with
+                                       keep_label=True (linear probes)
+
+Calibration: tiles reach the pipeline in the sensor's physical scale (`Sensor.scale`): ingestion
+applies the registry's DN scaling (`dn_gain`, `dn_offset`; published for Sentinel-2 and Landsat
+C2), and products whose calibration is per image (Gaofen, WorldView) must be ingested already
+calibrated to reflectance. So every optical tile in 'reflectance' scale shares one physical scale
+before the per-sensor normalisation; the 'reflectance' target uses `raw` in that scale.
+
+Co-registered groups: with a source whose `co_registered` is k > 1 (the simulator; records
+k*g .. k*g+k-1 show one scene), whole groups are shuffled and sharded, so a batch whose size is
+a multiple of k holds complete groups (for the cross-modal contrastive term).
 
 A `sources.Mixture` (e.g. one ArrayRecord source per modality) is mixed by weight after each
 part is sharded, shuffled and repeated.
@@ -29,6 +47,8 @@ just a step counter.
 from __future__ import annotations
 
 import json
+import sys
+import zlib
 from typing import Any, Mapping
 
 from absl import flags
@@ -58,21 +78,41 @@ class ValidateAndNormalize(grain.transforms.Map):
     sensor = self._registry.get(clean["sensor"])
     valid = clean["valid"]
     normalised = np.where(valid[..., None], sensor.normalize(clean["pixels"]), np.float32(0))
-    return {"sensor": sensor.name, "pixels": normalised, "raw": clean["pixels"], "valid": valid,
-            "index": int(element.get("index", -1)),
-            "nonfinite_pixels": stats["nonfinite_pixels"]}
+    out = {"sensor": sensor.name, "pixels": normalised, "raw": clean["pixels"], "valid": valid,
+           "index": int(element.get("index", -1)),
+           "nonfinite_pixels": stats["nonfinite_pixels"],
+           "group": element.get("group"), "label": int(element.get("label_class", -1))}
+    if "clean" in element:
+      out["clean"] = np.where(valid[..., None], np.asarray(element["clean"], np.float32), 0)
+    return out
 
 
 def _split_join(element: Mapping[str, Any]) -> np.ndarray:
-  # Normalised and raw values go through one resampling call, so they stay aligned.
-  return np.concatenate([element["pixels"], element["raw"]], axis=-1)
+  # Normalised, raw (and clean) values go through one resampling call, so they stay aligned.
+  parts = [element["pixels"], element["raw"]]
+  if "clean" in element:
+    parts.append(element["clean"])
+  return np.concatenate(parts, axis=-1)
 
 
 def _with_pixels(element: Mapping[str, Any], both: np.ndarray, valid: np.ndarray) -> dict:
   c = element["pixels"].shape[-1]
   out = dict(element)
-  out["pixels"], out["raw"], out["valid"] = both[..., :c], both[..., c:], valid
+  out["pixels"], out["raw"], out["valid"] = both[..., :c], both[..., c:2 * c], valid
+  if "clean" in element:
+    out["clean"] = both[..., 2 * c:]
   return out
+
+
+def group_id(tag: Any) -> int:
+  """A record's group tag (str / int / None) -> int32 id >= 0, or -1 for none.
+
+  Only equality inside a batch matters; crc32 is stable across processes (unlike hash())."""
+  if tag is None or (isinstance(tag, str) and not tag):
+    return -1
+  if isinstance(tag, bytes):
+    tag = tag.decode()
+  return zlib.crc32(str(tag).encode()) & 0x7FFFFFFF
 
 
 class RandomCropFlip(grain.transforms.RandomMap):
@@ -114,10 +154,13 @@ class CenterCrop(grain.transforms.Map):
 class ToExample(grain.transforms.Map):
   """Pads channels to `max_channels` and emits the fixed-shape, model-facing example."""
 
-  def __init__(self, registry: SensorRegistry, max_channels: int, keep_index: bool = False):
+  def __init__(self, registry: SensorRegistry, max_channels: int, keep_index: bool = False,
+               keep_clean: bool = False, keep_label: bool = False):
     self._registry = registry
     self._max_channels = max_channels
     self._keep_index = keep_index
+    self._keep_clean = keep_clean
+    self._keep_label = keep_label
 
   def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
     sensor = self._registry.get(element["sensor"])
@@ -132,9 +175,17 @@ class ToExample(grain.transforms.Map):
         "modality": np.int32(modality_id(sensor.modality)),
         "sensor": np.int32(self._registry.index(sensor.name)),
         "raw": np.pad(np.ascontiguousarray(element["raw"], np.float32), pad),
+        "looks": np.float32(sensor.looks or 0.0),
+        "group": np.int32(group_id(element.get("group"))),
     }
     if self._keep_index:
       example["index"] = np.int32(element["index"])
+    if self._keep_clean:
+      clean = element.get("clean")
+      example["clean"] = (np.zeros_like(example["raw"]) if clean is None else
+                          np.pad(np.ascontiguousarray(clean, np.float32), pad))
+    if self._keep_label:
+      example["label"] = np.int32(element.get("label", -1))
     return example
 
 
@@ -143,8 +194,26 @@ def _check_shard(shard_index: int, shard_count: int) -> None:
     raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}")
 
 
+class _GroupRecords:
+  """Records of shuffled groups: element i = source[k * groups[i // k] + i % k] (infinite)."""
+
+  def __init__(self, source, groups: grain.MapDataset, k: int):
+    self._source, self._groups, self._k = source, groups, k
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, i: int):
+    return self._source[self._k * int(self._groups[i // self._k]) + i % self._k]
+
+
 def _shard_shuffle_repeat(source, seed: int, shuffle: bool, shard_index: int,
-                          shard_count: int) -> grain.MapDataset:
+                          shard_count: int, group_size: int = 1) -> grain.MapDataset:
+  if group_size > 1:
+    # Shard and shuffle whole groups, then expand each group to its k consecutive records.
+    groups = _shard_shuffle_repeat(range(len(source) // group_size), seed, shuffle, shard_index,
+                                   shard_count)
+    return grain.MapDataset.source(_GroupRecords(source, groups, group_size)).seed(seed)
   ds = grain.MapDataset.source(source).seed(seed)
   ds = ds[shard_index::shard_count]
   if len(ds) == 0:
@@ -160,7 +229,7 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
                  drop_remainder: bool = True, shard_index: int = 0, shard_count: int = 1,
                  min_tile_size: int = DEFAULT_MIN_TILE_SIZE, crop_scale=(0.2, 0.5),
                  interpolation: Mapping[str, str] | None = None,
-                 keep_index: bool = False) -> grain.MapDataset:
+                 keep_index: bool = False, group_size: int | None = None) -> grain.MapDataset:
   """Infinite training dataset of fixed-shape batches (see the module docstring for the batch).
 
   Args:
@@ -180,11 +249,17 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
     crop_scale: area fraction range of the random crop (the paper: 0.2-0.5).
     interpolation: per-modality override of `augment.INTERPOLATION`.
     keep_index: also emit "index" int32 (B,), the source record index (tests, debugging).
+    group_size: keep groups of this many consecutive records together (None: the source's
+      `co_registered`, else 1); batch_size must then be a multiple of it.
 
   Returns:
     A `grain.MapDataset` of batches; its length is effectively infinite (repeat forever).
   """
   _check_shard(shard_index, shard_count)
+  k = int(getattr(source, "co_registered", 1) if group_size is None else group_size)
+  if k > 1 and batch_size % k:
+    raise ValueError(f"batch_size={batch_size} must be a multiple of the group size {k} "
+                     "(data.co_registered) so that batches hold whole groups")
   if isinstance(source, Mixture):
     parts = [_shard_shuffle_repeat(s, seed + 1 + k, shuffle, shard_index, shard_count)
              for k, s in enumerate(source.sources)]
@@ -192,7 +267,7 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
     # pure function of the position, so resume stays a step counter.
     ds = grain.MapDataset.mix(parts, list(source.weights)).seed(seed)
   else:
-    ds = _shard_shuffle_repeat(source, seed, shuffle, shard_index, shard_count)
+    ds = _shard_shuffle_repeat(source, seed, shuffle, shard_index, shard_count, k)
   ds = ds.map(ValidateAndNormalize(registry, min_tile_size))
   if augment:
     ds = ds.random_map(RandomCropFlip(registry, crop_size, crop_scale, interpolation))
@@ -205,13 +280,16 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
 def make_eval_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size: int,
                       max_channels: int, drop_remainder: bool = False, shard_index: int = 0,
                       shard_count: int = 1, min_tile_size: int = DEFAULT_MIN_TILE_SIZE,
-                      keep_index: bool = False) -> grain.MapDataset:
-  """One ordered pass over this shard, centre-cropped; the last batch may be smaller (B' <= B)."""
+                      keep_index: bool = False, keep_clean: bool = False,
+                      keep_label: bool = False) -> grain.MapDataset:
+  """One ordered pass over this shard, centre-cropped; the last batch may be smaller (B' <= B).
+
+  keep_clean / keep_label add "clean" and "label" (module docstring) for evaluations."""
   _check_shard(shard_index, shard_count)
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
   ds = ds.map(ValidateAndNormalize(registry, min_tile_size))
   ds = ds.map(CenterCrop(crop_size))
-  ds = ds.map(ToExample(registry, max_channels, keep_index))
+  ds = ds.map(ToExample(registry, max_channels, keep_index, keep_clean, keep_label))
   return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 

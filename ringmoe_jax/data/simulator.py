@@ -22,7 +22,9 @@ Layout is in pixels; sensor GSD is not modelled (tiles exercise physics and plum
 
 Record i of the source (`SceneSimulator[i]`): scene `i // co_registered` (so with
 co_registered = k, k consecutive records show the same place, linked by "group"), sensor drawn
-by weight from rng(seed, i):
+by weight from rng(seed, i); with k > 1 the k records of a group draw their sensors by weight
+*without replacement* (from rng(seed, group)) while sensors last, so a group shows as many
+different sensors as it can (what a cross-modal contrastive term needs), then repeats:
   "sensor", "pixels" (H, W, C) float32, "valid" (H, W) bool, "index", "group" str,
   "class_map" (H, W) int32 (segmentation masks), "instance_map" (H, W) int32 (0 = none),
   "label_class" int (dominant class: scene classification), "label_boxes" (N, 4) float32
@@ -309,6 +311,18 @@ class SceneSimulator:
   def __len__(self) -> int:
     return self._num_tiles
 
+  @property
+  def co_registered(self) -> int:
+    """Consecutive records per scene (the pipeline keeps such groups together)."""
+    return self._co
+
+  def _group_sensor(self, index: int) -> Sensor:
+    group, j = divmod(index, self._co)
+    n = int(np.count_nonzero(self._probs))  # sensors of weight 0 are never drawn
+    order = np.random.default_rng([self._seed, group, 3]).choice(
+        len(self._sensors), size=n, replace=False, p=self._probs)
+    return self._sensors[int(order[j % n])]
+
   def __repr__(self) -> str:
     names = ",".join(s.name for s in self._sensors)
     return (f"SceneSimulator(num_tiles={self._num_tiles}, tile_size={self._size}, "
@@ -351,6 +365,8 @@ class SceneSimulator:
       raise IndexError(f"record {index} out of range for {self._num_tiles} tiles")
     rng = np.random.default_rng([self._seed, index, 2])
     sensor = self._sensors[int(rng.choice(len(self._sensors), p=self._probs))]
+    if self._co > 1:
+      sensor = self._group_sensor(index)
     out = self.render(index // self._co, sensor.name, noise_key=index % self._co)
     if rng.random() < self._nodata_fraction:
       invalid = synthetic.nodata_mask(rng, self._size, self._size)

@@ -3,9 +3,10 @@
 Axes: B batch, H/W pixels, h/w last-stage grid, Cl last-stage channels, s = total stride
 (patch * 2^(stages-1)), Ko padded target channels, M modalities.
 
-Loss = sum over modalities present in the batch (1:1:1:1, as in the paper) of the mean L1 over
-that modality's masked, valid pixels and target channels, plus the MoE balancing loss times its
-weight. A modality absent from the batch contributes 0 and is reported as absent (count 0).
+Loss = sum over modalities present in the batch (1:1:1:1, as in the paper) of each modality's
+reconstruction term over its masked, valid pixels, plus the weighted physics and contrastive
+terms (`objective.py`), plus the MoE balancing loss times its weight. A modality absent from the
+batch contributes 0 and is reported as absent (count 0). The loss itself is `objective.loss`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ringmoe_jax.models.swin import RingMoEEncoder
-from ringmoe_jax.objectives import masking, targets
+from ringmoe_jax.objectives import contrastive, objective, targets
 
 
 class ModalityDecoders(nnx.Module):
@@ -58,51 +59,39 @@ class SimMIMModel(nnx.Module):
     self.decoders = ModalityDecoders(cfg.stage_dim(cfg.num_stages - 1), stride,
                                      self.out_channels, param_dtype=jnp.dtype(cfg.param_dtype),
                                      rngs=rngs)
+    # Learnable InfoNCE temperature (as a log, clipped in use). A 0-d Param: no weight decay
+    # (optim decays >= 2-D leaves only), and its name holds "temperature" for no-decay lists.
+    self.contrastive_log_temperature = nnx.Param(contrastive.init_log_temperature())
+
+  def forward(self, batch: dict[str, jax.Array], mask: jax.Array, *, train: bool = True):
+    """-> prediction (B, H, W, Ko), last-stage features (B, h, w, Cl), encoder aux."""
+    feats, aux = self.encoder(batch["pixels"], batch["modality"], mask=mask,
+                              valid=batch["valid"], train=train)
+    return self.decoders(feats[-1], batch["modality"]), feats[-1], aux
 
   def __call__(self, batch: dict[str, jax.Array], mask: jax.Array, *, train: bool = True):
     """-> prediction (B, H, W, Ko), encoder aux."""
-    feats, aux = self.encoder(batch["pixels"], batch["modality"], mask=mask,
-                              valid=batch["valid"], train=train)
-    return self.decoders(feats[-1], batch["modality"]), aux
+    pred, _, aux = self.forward(batch, mask, train=train)
+    return pred, aux
 
 
-def simmim_loss(model: SimMIMModel, batch: dict[str, jax.Array], key: jax.Array, *,
-                mask_ratio: float, mask_cell_px: int, balance_weight: float,
-                z_loss_weight: float = 0.0, train: bool = True) -> tuple[jax.Array, dict[str, Any]]:
-  """Total loss and metrics (each term on its own) for one batch.
+def simmim_loss(model: SimMIMModel, batch: dict[str, jax.Array], key: jax.Array, config=None, *,
+                train: bool = True, mask: jax.Array | None = None, mask_ratio: float | None = None,
+                mask_cell_px: int | None = None, balance_weight: float | None = None,
+                z_loss_weight: float = 0.0) -> tuple[jax.Array, dict[str, Any]]:
+  """Total loss and metrics (each term on its own) for one batch; see `objective.py`.
 
-  batch: pixels (B, H, W, Cmax) normalised, raw (B, H, W, Cmax) physical, valid (B, H, W),
-         modality (B,) int32.
+  config: the full config (sections mim, physics, contrastive, moe, data are read). Without it
+    (older callers) the legacy keywords mask_ratio / mask_cell_px / balance_weight /
+    z_loss_weight give SimMIM block masking, the model's target kinds and no weighted physics or
+    contrastive term.
+  mask: (B, h, w) bool token mask overriding the drawn one (tests).
   """
-  cfg = model.encoder.cfg
-  b, hh, ww, _ = batch["pixels"].shape
-  p = cfg.patch_size
-  if mask_cell_px % p:
-    raise ValueError(f"mim.mask_cell={mask_cell_px} px must be a multiple of patch_size={p}")
-  mask = masking.block_mask(key, b, (hh // p, ww // p), mask_cell_px // p, mask_ratio)
-  pred, aux = model(batch, mask, train=train)
-  tgt = targets.build_targets(model.target_kinds, model.in_channels, batch["pixels"],
-                              batch["raw"], batch["valid"], batch["modality"],
-                              pred.shape[-1])
-  pix_mask = masking.upsample(mask, p).astype(jnp.float32) * batch["valid"].astype(jnp.float32)
-  num_mod = len(model.out_channels)
-  chan = jnp.asarray([[1.0 if i < c else 0.0 for i in range(pred.shape[-1])]
-                      for c in model.out_channels])  # (M, Ko)
-  onehot = jax.nn.one_hot(batch["modality"], num_mod, dtype=jnp.float32)  # (B, M)
-  w = pix_mask[..., None] * (onehot @ chan)[:, None, None, :]  # (B, H, W, Ko)
-  err = jnp.abs(pred - tgt) * w
-  per_tile_err = jnp.sum(err, axis=(1, 2, 3))  # (B,)
-  per_tile_cnt = jnp.sum(w, axis=(1, 2, 3))
-  mod_err = onehot.T @ per_tile_err  # (M,)
-  mod_cnt = onehot.T @ per_tile_cnt
-  mod_loss = mod_err / jnp.maximum(mod_cnt, 1.0)
-  recon = jnp.sum(mod_loss)
-  balance = aux["balance_loss"]
-  z_loss = sum(jnp.sum(r["z_loss"]) for r in aux["routing"].values())
-  loss = recon + balance_weight * balance + z_loss_weight * z_loss
-  metrics = {"loss": loss, "recon_loss": recon, "balance_loss": balance, "z_loss": z_loss,
-             "mask_fraction": jnp.mean(mask.astype(jnp.float32)),
-             "mim_pixels_per_modality": mod_cnt,
-             "loss_per_modality": mod_loss,
-             "routing": aux["routing"]}
-  return loss, metrics
+  if config is None:
+    if mask_ratio is None or mask_cell_px is None or balance_weight is None:
+      raise TypeError("simmim_loss needs config, or mask_ratio, mask_cell_px and balance_weight")
+    obj = objective.Objective.legacy(model, mask_ratio=mask_ratio, mask_cell_px=mask_cell_px,
+                                     balance_weight=balance_weight, z_loss_weight=z_loss_weight)
+  else:
+    obj = objective.Objective.from_config(config, model)
+  return obj.loss(model, batch, key, train=train, mask=mask)
