@@ -7,6 +7,14 @@ Stage i: depths[i] blocks (even blocks unshifted, odd shifted by ws/2), then pat
 (2x2 concat, Linear 4C -> 2C, LN), except after the last stage. A window larger than the map
 shrinks to the map (and stops shifting), as in Swin.
 
+Scanned stages: a stage's blocks are stored as pairs (unshifted, shifted) stacked along a
+leading layer axis L2 = depth // 2 and run with `jax.lax.scan`, so compile time and program size
+do not grow with depth (the 18-block stage of the 14.7B model compiles as one pair). The shift is
+a Python int baked into each half of the pair, so the shifted-window mask stays a constant. An
+odd depth keeps its last block unscanned (`tail`). Each pair can be rematerialised in the
+backward pass (`EncoderConfig.remat`: 'none' | 'full' | 'dots_saveable' |
+'dots_with_no_batch_dims_saveable').
+
 `RingMoEEncoder.__call__` returns the feature map of every stage (for the downstream heads:
 FPN / UperNet need all levels) and routing statistics for every block (cheap: a few counters
 per expert), so pruning and observability need no second pass.
@@ -41,6 +49,9 @@ class EncoderConfig:
   in_channels: tuple[int, ...] = (3, 4, 8, 1)  # per modality, in MODALITIES order
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # Set from config.remat by train/model.py (not part of config.model).
+  scan_blocks: bool = True
+  remat: str = "none"
 
   @property
   def num_stages(self) -> int:
@@ -94,6 +105,94 @@ class SwinMoEBlock(nnx.Module):
     return x, aux
 
 
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+
+def _remat(fn, policy: str):
+  """fn wrapped in jax.checkpoint with the named policy ('none': unchanged)."""
+  if policy == "none":
+    return fn
+  if policy == "full":
+    return jax.checkpoint(fn)
+  if policy in REMAT_POLICIES:
+    return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy))
+  raise ValueError(f"remat policy {policy!r}; expected one of {REMAT_POLICIES}")
+
+
+def _stack_aux(auxes):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *auxes)
+
+
+class BlockPair(nnx.Module):
+  """Two consecutive blocks: unshifted, then shifted. (B, h, w, C) -> (B, h, w, C)."""
+
+  def __init__(self, dim, heads, size, cfg: EncoderConfig, moe_cfg: MoEConfig, *,
+               rngs: nnx.Rngs):
+    blocks = []
+    for shift in (0, cfg.window_size // 2):
+      ws, sh = effective_window(size, size, cfg.window_size, shift)
+      blocks.append(SwinMoEBlock(dim, heads, ws, sh, cfg, moe_cfg, rngs=rngs))
+    self.even, self.odd = blocks
+
+  def __call__(self, x, modality, token_valid, *, train: bool):
+    """-> x, aux with every routing statistic stacked (2, ...); balance_loss summed."""
+    x, a0 = self.even(x, modality, token_valid, train=train)
+    x, a1 = self.odd(x, modality, token_valid, train=train)
+    balance = a0.pop("balance_loss") + a1.pop("balance_loss")
+    return x, balance, _stack_aux([a0, a1])
+
+
+class Stage(nnx.Module):
+  """depth blocks of one resolution: scanned pairs (L2 = depth // 2) + an unscanned odd tail."""
+
+  def __init__(self, depth, dim, heads, size, cfg: EncoderConfig, moe_cfg: MoEConfig, *,
+               rngs: nnx.Rngs):
+    self.remat = cfg.remat
+    self.num_pairs = depth // 2 if cfg.scan_blocks else 0
+    if self.num_pairs:
+      @nnx.split_rngs(splits=self.num_pairs)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+      def make_pairs(r):
+        return BlockPair(dim, heads, size, cfg, moe_cfg, rngs=r)
+      self.pairs = make_pairs(rngs)
+    else:
+      self.pairs = None
+    rest = []
+    for j in range(2 * self.num_pairs, depth):
+      ws, shift = effective_window(size, size, cfg.window_size,
+                                   0 if j % 2 == 0 else cfg.window_size // 2)
+      rest.append(SwinMoEBlock(dim, heads, ws, shift, cfg, moe_cfg, rngs=rngs))
+    self.tail = nnx.List(rest)
+
+  def __call__(self, x, modality, token_valid, *, train: bool):
+    """x (B, h, w, C) -> x, balance (), routing {router: {stat: (depth, ...)}}."""
+    balance = jnp.zeros((), jnp.float32)
+    auxes = []
+    if self.pairs is not None:
+      graphdef, params = nnx.split(self.pairs)
+
+      def body(carry, layer_params):
+        pair = nnx.merge(graphdef, layer_params)
+        y, bal, aux = pair(carry, modality, token_valid, train=train)
+        return y, (bal, aux)
+
+      x, (bal, aux) = jax.lax.scan(_remat(body, self.remat), x, params)
+      balance = balance + bal.sum()
+      # (L2, 2, ...) -> (2 * L2, ...): block order even0, odd0, even1, ...
+      auxes.append(jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), aux))
+    for blk in self.tail:
+      blk_def, blk_params = nnx.split(blk)
+
+      def run(p, y, blk_def=blk_def):
+        return nnx.merge(blk_def, p)(y, modality, token_valid, train=train)
+
+      x, aux = _remat(run, self.remat)(blk_params, x)
+      balance = balance + aux.pop("balance_loss")
+      auxes.append(jax.tree.map(lambda a: a[None], aux))
+    routing = jax.tree.map(lambda *xs: jnp.concatenate(xs), *auxes)
+    return x, balance, routing
+
+
 class PatchMerging(nnx.Module):
   """(B, h, w, C) -> (B, h/2, w/2, 2C): 2x2 neighbours concatenated, Linear 4C->2C, LayerNorm."""
 
@@ -123,15 +222,11 @@ class RingMoEEncoder(nnx.Module):
     self.mask_token = nnx.Param(  # SimMIM: trunc-normal(0.02)
         nnx.initializers.truncated_normal(0.02)(rngs.params(), (cfg.embed_dim,), pdt),
         out_sharding=("embed",))
+    self.moe_cfg = moe_cfg
     stages, merges = [], []
     for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
       dim, size = cfg.stage_dim(i), cfg.stage_size(i)
-      blocks = []
-      for j in range(depth):
-        ws, shift = effective_window(size, size, cfg.window_size,
-                                     0 if j % 2 == 0 else cfg.window_size // 2)
-        blocks.append(SwinMoEBlock(dim, heads, ws, shift, cfg, moe_cfg, rngs=rngs))
-      stages.append(nnx.List(blocks))
+      stages.append(Stage(depth, dim, heads, size, cfg, moe_cfg, rngs=rngs))
       if i < cfg.num_stages - 1:
         merges.append(PatchMerging(dim, cfg, rngs=rngs))
     self.stages = nnx.List(stages)
@@ -167,18 +262,17 @@ class RingMoEEncoder(nnx.Module):
     replace = ~tok_valid if mask is None else (mask | ~tok_valid)
     m = replace.astype(x.dtype)[..., None]
     x = x * (1 - m) + self.mask_token[...].astype(x.dtype) * m
-    features, block_aux = [], []
+    features, stage_routing = [], []
     balance = jnp.zeros((), jnp.float32)
-    for i, blocks in enumerate(self.stages):
-      for blk in blocks:
-        x, aux = blk(x, modality, tok_valid, train=train)
-        balance = balance + aux.pop("balance_loss")
-        block_aux.append(aux)
+    for i, stage in enumerate(self.stages):
+      x, bal, routing = stage(x, modality, tok_valid, train=train)
+      balance = balance + bal
+      stage_routing.append(routing)
       if i < cfg.num_stages - 1:
         features.append(x)
         x = self.merges[i](x)
         bb, hh, ww = tok_valid.shape
         tok_valid = tok_valid.reshape(bb, hh // 2, 2, ww // 2, 2).max(axis=(2, 4))
     features.append(self.final_norm(x).astype(x.dtype))
-    routing = jax.tree.map(lambda *xs: jnp.stack(xs), *block_aux) if block_aux else {}
+    routing = jax.tree.map(lambda *xs: jnp.concatenate(xs), *stage_routing)
     return features, {"balance_loss": balance, "routing": routing}

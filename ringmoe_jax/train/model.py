@@ -1,6 +1,8 @@
 """Build the pre-training model from a config (concrete or abstract)."""
 from __future__ import annotations
 
+import dataclasses
+
 from flax import nnx
 
 from ringmoe_jax.models.swin import EncoderConfig, RingMoEEncoder
@@ -14,6 +16,9 @@ def make_model(config, seed: int | None = None) -> SimMIMModel:
   the trainer places them on the mesh from their logical names."""
   channels = [int(config.model.in_channels[m]) for m in MODALITIES]
   enc_cfg = EncoderConfig.from_config(config.model, channels)
+  remat = config.get("remat", {})
+  enc_cfg = dataclasses.replace(enc_cfg, scan_blocks=bool(remat.get("scan_blocks", True)),
+                                remat=str(remat.get("policy", "none")))
   moe_cfg = MoEConfig.from_config(config.moe, len(MODALITIES))
   kinds = [config.mim.targets[m] for m in MODALITIES]
   rngs = nnx.Rngs(config.seed if seed is None else seed)

@@ -4,7 +4,14 @@ state = {'step': () int32,
          'params': pure dict of the model's nnx.Params,
          'opt_state': optax state,
          'routing_counts': {router: (L, E) float32}  tokens routed to each expert so far
-                           (not optimised; saved with checkpoints for the pruning transform)}
+                           (not optimised; saved with checkpoints for the pruning transform),
+         'skipped_steps': () int32        steps whose update was skipped (NaN/Inf loss or grads),
+         'nonfinite_streak': () int32     non-finite steps in a row, up to the current step,
+         'max_nonfinite_streak': () int32 the longest such streak so far (the trainer stops
+                                          the run once it reaches train.max_consecutive_nonfinite)}
+
+`StateBuilder` works from a concrete model (training) or an abstract one (`nnx.eval_shape`,
+tools/aot.py): everything but `init()` uses shapes only, so the 14.7B state is never allocated.
 """
 from __future__ import annotations
 
@@ -19,15 +26,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ringmoe_jax.parallel.sharding import state_shardings
 
 
+_COUNTERS = ("skipped_steps", "nonfinite_streak", "max_nonfinite_streak")
+
+
 def routing_count_shapes(model) -> dict[str, tuple[int, int]]:
   """{router: (num_blocks, num_experts)} for the routers the model has."""
-  blocks = [blk for stage in model.encoder.stages for blk in stage]
-  moe = blocks[0].moe
+  num_blocks = sum(model.encoder.cfg.depths)
+  moe = model.encoder.moe_cfg
   out = {}
-  if moe.special is not None:
-    out["special"] = (len(blocks), moe.special.w1.shape[0])
-  if moe.collab is not None:
-    out["collab"] = (len(blocks), moe.collab.w1.shape[0])
+  if moe.num_special:
+    out["special"] = (num_blocks, moe.num_modalities * moe.num_special)
+  if moe.num_collab:
+    out["collab"] = (num_blocks, moe.num_collab)
   return out
 
 
@@ -35,21 +45,24 @@ class StateBuilder:
   """Knows the model's graph, the optimizer and where every leaf of the state lives."""
 
   def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, mesh: Mesh, rules):
-    self.graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: model), nnx.Param)
+    self.graphdef, params = nnx.split(model, nnx.Param)
+    # Shapes only: the builder must not keep (or need) the concrete parameters.
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     self._template = abstract_params
     self.model = model
     self.tx = tx
     self.mesh = mesh
     self.param_shardings = state_shardings(abstract_params, rules, mesh).to_pure_dict()
     self.count_shapes = routing_count_shapes(model)
-    abstract = jax.eval_shape(self._init_from, nnx.state(model, nnx.Param).to_pure_dict())
+    abstract = jax.eval_shape(self._init_from, abstract_params.to_pure_dict())
     replicated = NamedSharding(mesh, P())
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abstract["opt_state"], self.param_shardings,
         transform_non_params=lambda _: replicated)
     self.shardings = {
         "step": replicated, "params": self.param_shardings, "opt_state": opt_shardings,
-        "routing_counts": {k: replicated for k in self.count_shapes}}
+        "routing_counts": {k: replicated for k in self.count_shapes},
+        **{k: replicated for k in _COUNTERS}}
     self.abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
         self.shardings)
@@ -58,10 +71,11 @@ class StateBuilder:
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": self.tx.init(params),
             "routing_counts": {k: jnp.zeros(s, jnp.float32)
-                               for k, s in self.count_shapes.items()}}
+                               for k, s in self.count_shapes.items()},
+            **{k: jnp.zeros((), jnp.int32) for k in _COUNTERS}}
 
   def init(self) -> dict[str, Any]:
-    """Fresh state from the model's initial parameters, placed on the mesh."""
+    """Fresh state from the (concrete) model's initial parameters, placed on the mesh."""
     params = nnx.state(self.model, nnx.Param).to_pure_dict()
     params = jax.device_put(params, self.param_shardings)
     return jax.jit(self._init_from, out_shardings=self.shardings)(params)

@@ -1,6 +1,11 @@
 """The jitted pre-training step: loss, gradients, AdamW update, routing counters.
 
 Metrics come back as device arrays; the host reads them only on logging steps.
+
+Non-finite steps: if the loss or the gradient norm is NaN/Inf, the update is skipped inside the
+step (parameters, optimiser state and routing counters keep their old values via `jnp.where`;
+no host sync), the batch still counts as consumed (`step` advances, so data order and resume
+are unchanged), and `skipped_steps` / `nonfinite_streak` / `max_nonfinite_streak` count it.
 """
 from __future__ import annotations
 
@@ -15,38 +20,67 @@ from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.train.state import StateBuilder
 
 
-def make_train_step(builder: StateBuilder, config):
-  """Returns step(state, batch) -> (state, metrics), jitted with donated state."""
-  mim, moe = config.mim, config.moe
-  base_key = jax.random.PRNGKey(config.seed)
+def batch_spec(config, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """The pipeline's global batch as ShapeDtypeStructs (for ahead-of-time compilation).
 
-  def loss_fn(params, batch, key):
+  pixels/raw (B, H, W, Cmax) float32, valid (B, H, W) float32, modality (B,) int32.
+  """
+  b = config.data.batch_size if batch_size is None else batch_size
+  s = config.model.img_size
+  cmax = max(int(config.model.in_channels[m]) for m in MODALITIES)
+  return {"pixels": jax.ShapeDtypeStruct((b, s, s, cmax), jnp.float32),
+          "raw": jax.ShapeDtypeStruct((b, s, s, cmax), jnp.float32),
+          "valid": jax.ShapeDtypeStruct((b, s, s), jnp.float32),
+          "modality": jax.ShapeDtypeStruct((b,), jnp.int32)}
+
+
+def make_train_step(builder: StateBuilder, config, *, jit: bool = True):
+  """Returns step(state, batch) -> (state, metrics), jitted with donated state."""
+  base_key = jax.random.PRNGKey(config.seed)
+  inject = tuple(int(s) for s in config.train.get("inject_nonfinite_steps", ()))
+
+  def loss_fn(params, batch, key, step):
     model = builder.merge(params)
-    return simmim_loss(model, batch, key, mask_ratio=mim.mask_ratio,
-                       mask_cell_px=mim.mask_cell, balance_weight=moe.balance_weight,
-                       z_loss_weight=moe.router_z_loss_weight,
-                       train=True)
+    loss, aux = simmim_loss(model, batch, key, config, train=True)
+    if inject:  # test hook: a NaN loss (and NaN gradients) on the chosen steps
+      loss = loss * jnp.where(jnp.isin(step, jnp.asarray(inject)), jnp.nan, 1.0)
+    return loss, aux
 
   def step(state: dict[str, Any], batch: dict[str, jax.Array]):
     # The mask depends only on (seed, step): a resumed run draws the same masks.
     key = jax.random.fold_in(base_key, state["step"])
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], batch, key, state["step"])
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = builder.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     routing = aux.pop("routing")
     counts = {k: state["routing_counts"][k] + routing[k]["tokens_per_expert"].astype(jnp.float32)
               for k in state["routing_counts"]}
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                 "routing_counts": counts}
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    streak = jnp.where(finite, 0, state["nonfinite_streak"] + 1)
+    new_state = {"step": state["step"] + 1,
+                 "params": keep(params, state["params"]),
+                 "opt_state": keep(opt_state, state["opt_state"]),
+                 "routing_counts": keep(counts, state["routing_counts"]),
+                 "skipped_steps": state["skipped_steps"] + (~finite).astype(jnp.int32),
+                 "nonfinite_streak": streak,
+                 "max_nonfinite_streak": jnp.maximum(state["max_nonfinite_streak"], streak)}
     metrics = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
     for i, name in enumerate(MODALITIES):
       metrics[f"loss_{name}"] = aux["loss_per_modality"][i]
       metrics[f"pixels_{name}"] = aux["mim_pixels_per_modality"][i]
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = grad_norm
+    metrics["skipped_steps"] = new_state["skipped_steps"]
+    metrics["nonfinite_streak"] = streak
+    metrics["max_nonfinite_streak"] = new_state["max_nonfinite_streak"]
     metrics["routing"] = {k: {s: routing[k][s] for s in ("load", "dropped_fraction", "entropy",
                                                          "confidence", "balance_loss")}
                           for k in routing}
     return new_state, metrics
 
+  if not jit:
+    return step
   return jax.jit(step, donate_argnums=(0,),
                  out_shardings=(builder.shardings, None))
