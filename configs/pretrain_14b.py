@@ -15,6 +15,12 @@ Variants (`--config=configs/pretrain_14b.py:ARG`):
 
 Choices the paper leaves open: global batch 2048 (lr scales from 2.5e-4 per 512), bfloat16
 compute with float32 master weights, 300k steps, warm-up 10k.
+
+Parallelism: mesh fsdp=64 x expert=4 x data=(rest) with the 'fsdp_expert' preset: on 256 chips
+(v5p-256) data=1, on 512 (the paper's count) data=2. Parameters and optimiser state are split
+256 ways (experts over `expert`, model dims over `fsdp`), the batch over all chips. Each stage's
+blocks are scanned in pairs and rematerialised ('full') in the backward pass. Check a mesh before
+renting it:  python -m ringmoe_jax.tools.aot --config=configs/pretrain_14b.py --devices=512
 """
 from ringmoe_jax.config.args import parse_arg
 from ringmoe_jax.config.defaults import base_config
@@ -34,7 +40,11 @@ def get_config(arg=None):
                  **SIZES[a["size"]])
   c.data.update(batch_size=2048, tile_size=256, num_tiles=400_000_000)
   c.train.update(total_steps=300_000, log_every=100, checkpoint_every=2000)
+  c.mesh.update(data=-1, fsdp=64, expert=4, tensor=1)
+  c.sharding_preset = "fsdp_expert"
+  c.remat.update(policy="full", scan_blocks=True)
   if a["runlocal"]:
+    c.mesh.update(data=-1, fsdp=1, expert=1, tensor=1)
     c.data.update(batch_size=8, num_tiles=1024)
     c.train.update(total_steps=10, log_every=1, checkpoint_every=5)
     c.optim.warmup_steps = 2

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ringmoe_jax.objectives.simmim import simmim_loss
@@ -20,18 +21,11 @@ from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.train.state import StateBuilder
 
 
-def batch_spec(config, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-  """The pipeline's global batch as ShapeDtypeStructs (for ahead-of-time compilation).
-
-  pixels/raw (B, H, W, Cmax) float32, valid (B, H, W) float32, modality (B,) int32.
-  """
-  b = config.data.batch_size if batch_size is None else batch_size
-  s = config.model.img_size
-  cmax = max(int(config.model.in_channels[m]) for m in MODALITIES)
-  return {"pixels": jax.ShapeDtypeStruct((b, s, s, cmax), jnp.float32),
-          "raw": jax.ShapeDtypeStruct((b, s, s, cmax), jnp.float32),
-          "valid": jax.ShapeDtypeStruct((b, s, s), jnp.float32),
-          "modality": jax.ShapeDtypeStruct((b,), jnp.int32)}
+def batch_spec(example: dict[str, Any], batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs of a global batch of `batch_size`, from one pipeline batch `example`
+  (any batch size): the keys, dtypes and per-tile shapes are the pipeline's own."""
+  return {k: jax.ShapeDtypeStruct((batch_size,) + np.shape(v)[1:], np.asarray(v).dtype)
+          for k, v in example.items()}
 
 
 def make_train_step(builder: StateBuilder, config, *, jit: bool = True):

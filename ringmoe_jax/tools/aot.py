@@ -1,0 +1,146 @@
+"""Ahead-of-time compile the real training step for a fake mesh of N CPU devices.
+
+  python -m ringmoe_jax.tools.aot --config=configs/pretrain_14b.py --devices=512
+
+Nothing of the model is allocated: the state is `jax.ShapeDtypeStruct`s with the shardings the
+trainer would use (StateBuilder on an abstract model), the batch is the pipeline's batch at the
+configured global batch size. The step is lowered and compiled for a CPU mesh of N fake devices
+(the same GSPMD partitioning a TPU/GPU mesh of that shape gets), then prints:
+
+  compile_seconds=<float>     lowering + compilation
+  per_device_bytes=<int>      argument + output + temp - alias, from compiled.memory_analysis()
+  memory breakdown            argument (parameters, optimiser state, batch), output, temp
+                              (activations and collectives' buffers), alias (donated state)
+  involuntary_remat_warnings=<int>
+                              XLA's "Involuntary full rematerialization" warnings (each one is a
+                              sharding XLA could not keep: it replicates a tensor to recompute it)
+
+Per-device bytes are XLA:CPU's buffer assignment; a TPU's differs in layout and fusion but not
+in what is resident (parameters, optimiser state, saved activations).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+REMAT_WARNING = "Involuntary full rematerialization"
+
+
+def _fake_devices(n: int) -> None:
+  """Before jax initialises its backend: n CPU devices."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_num_cpu_devices", n)
+
+
+class _CaptureFd2:
+  """Capture the process's file descriptor 2 (XLA's C++ logging) into a string."""
+
+  def __enter__(self):
+    sys.stderr.flush()
+    self._tmp = tempfile.TemporaryFile(mode="w+b")
+    self._saved = os.dup(2)
+    os.dup2(self._tmp.fileno(), 2)
+    return self
+
+  def __exit__(self, *exc):
+    sys.stderr.flush()
+    os.dup2(self._saved, 2)
+    os.close(self._saved)
+    self._tmp.seek(0)
+    self.text = self._tmp.read().decode(errors="replace")
+    self._tmp.close()
+
+
+def example_batch(config) -> dict[str, Any]:
+  """One small batch (one co-registration group) from the config's own pipeline: its keys,
+  dtypes and tile shapes."""
+  from ringmoe_jax.data import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.sensors.modalities import MODALITIES  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.trainer import build_registry  # pylint: disable=import-outside-toplevel
+  registry = build_registry(config)
+  d = config.data
+  source = sources.make_source(d, registry, config.seed)
+  ds = pipeline_lib.make_dataset(
+      source, registry=registry, batch_size=max(1, int(d.get('co_registered', 1))), crop_size=config.model.img_size,
+      max_channels=max(int(config.model.in_channels[m]) for m in MODALITIES), seed=config.seed,
+      min_tile_size=config.model.patch_size)
+  return ds[0]
+
+
+def compile_step(config, *, batch_size: int | None = None) -> dict[str, Any]:
+  """Lower + compile the train step of `config` on all jax.devices(); nothing allocated.
+
+  Returns compile_seconds, memory (bytes per device: argument, output, temp, alias, total),
+  the captured XLA log and the number of involuntary-remat warnings in it.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.config.validate import validate  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.parallel.mesh import make_mesh  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.parallel.sharding import batch_sharding, rules_for  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.model import abstract_model  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.state import StateBuilder  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.step import batch_spec, make_train_step  # pylint: disable=import-outside-toplevel
+
+  validate(config)
+  b = config.data.batch_size if batch_size is None else batch_size
+  mesh = make_mesh(config.mesh)
+  model = abstract_model(config)
+  tx = make_optimizer(config.optim, b, config.train.total_steps)
+  builder = StateBuilder(model, tx, mesh, rules_for(config))
+  step = make_train_step(builder, config)
+  batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding(mesh, len(s.shape)))
+           for k, s in batch_spec(example_batch(config), b).items()}
+  t0 = time.perf_counter()
+  with _CaptureFd2() as cap, jax.set_mesh(mesh):
+    compiled = step.lower(builder.abstract, batch).compile()
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  memory = {"argument": int(mem.argument_size_in_bytes), "output": int(mem.output_size_in_bytes),
+            "temp": int(mem.temp_size_in_bytes), "alias": int(mem.alias_size_in_bytes),
+            "generated_code": int(mem.generated_code_size_in_bytes)}
+  memory["total"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
+  return {"compile_seconds": seconds, "memory": memory, "mesh": dict(mesh.shape),
+          "xla_log": cap.text, "involuntary_remat_warnings": cap.text.count(REMAT_WARNING),
+          "global_batch": b}
+
+
+def main(argv=None) -> dict[str, Any]:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--config", default="configs/pretrain_14b.py")
+  ap.add_argument("--devices", type=int, required=True, help="fake CPU devices (mesh size)")
+  ap.add_argument("--batch", type=int, default=None, help="global batch (default: config's)")
+  ap.add_argument("--remat", default=None, help="override config.remat.policy")
+  args = ap.parse_args(argv)
+  _fake_devices(args.devices)
+  from ringmoe_jax.config.load import load_config  # pylint: disable=import-outside-toplevel
+  config = load_config(args.config)
+  if args.remat:
+    config.remat.policy = args.remat
+  r = compile_step(config, batch_size=args.batch)
+  if r["xla_log"].strip():
+    sys.stderr.write(r["xla_log"])
+  m = r["memory"]
+  gib = lambda x: x / 2**30
+  print(f"mesh={r['mesh']} global_batch={r['global_batch']} remat={config.remat.policy}")
+  print(f"compile_seconds={r['compile_seconds']:.2f}")
+  print(f"per_device_bytes={m['total']}")
+  print(f"# per device: argument {gib(m['argument']):.3f} GiB (parameters, optimiser state, "
+        f"batch) + output {gib(m['output']):.3f} GiB + temp {gib(m['temp']):.3f} GiB "
+        f"(activations, collectives) - alias {gib(m['alias']):.3f} GiB (donated state) = "
+        f"{gib(m['total']):.3f} GiB")
+  print(f"involuntary_remat_warnings={r['involuntary_remat_warnings']}")
+  return r
+
+
+if __name__ == "__main__":
+  main()
