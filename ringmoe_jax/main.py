@@ -2,20 +2,43 @@
 
 Config variants after a colon (`--config=configs/pretrain_14b.py:size=base`) and field
 overrides (`--config.train.total_steps=50`) as in ml_collections.
+
+Multi-host: on a Cloud TPU pod or under SLURM nothing extra is needed; elsewhere pass
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID). See ringmoe_jax/parallel/distributed.py and launch/.
+
+Exit status: 0 when training finished (or stopped by a signal with the default
+--exit_code_on_preempt=0); --exit_code_on_preempt after SIGTERM/SIGINT made the run save and
+stop (the launch scripts pass 42 so a scheduler can requeue); 1 on an error, including
+NonFiniteLossError (train.max_consecutive_nonfinite NaN/Inf steps in a row).
 """
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config(arg)).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics (resumed if present).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+flags.DEFINE_integer("exit_code_on_preempt", 0,
+                     "Exit status after a signal-triggered save (launch/ scripts use 42).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
+  from ringmoe_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  # Before anything touches jax devices.
+  distributed.initialize(coordinator_address=f.coordinator_address,
+                         num_processes=f.num_processes, process_id=f.process_id)
   from ringmoe_jax.train.trainer import train  # after flags: keeps --help fast
-  train(flags.FLAGS.config, flags.FLAGS.workdir)
+  result = train(f.config, f.workdir)
+  if result.get("stopped_by_signal") is not None:
+    sys.exit(f.exit_code_on_preempt)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
 """The pre-training loop, top to bottom: config, mesh, input, model + optimizer, state,
 checkpoint / resume, loop (log, checkpoint, stop on a signal).
 
-SIGINT / SIGTERM ask the loop to stop: it finishes the current step, saves a checkpoint and
-returns, so a rerun with the same workdir loses nothing (at most the step in flight).
+Faults:
+- SIGINT / SIGTERM (a preemption notice) ask the loop to stop: it finishes the current step,
+  saves a checkpoint and returns with `stopped_by_signal` set; `ringmoe_jax.main` then exits
+  with `--exit_code_on_preempt` (default 0; the launch scripts use 42 = EXIT_PREEMPTED so a
+  scheduler can requeue). A rerun with the same workdir resumes bit-identically.
+- A step with a NaN/Inf loss or gradient is skipped inside the jitted step (step.py) and
+  counted (`skipped_steps`). When `train.max_consecutive_nonfinite` of them come in a row, the
+  run stops with `NonFiniteLossError` at the next logging or checkpoint step, without saving.
+- A checkpoint whose (async) save was killed is never restored (checkpoint.py).
+
+Profiling: `train.profile_steps=(first, last)` writes a JAX profiler trace of those steps to
+WORKDIR/profile.
 """
 from __future__ import annotations
 
@@ -29,6 +39,13 @@ from ringmoe_jax.train.model import count_params, make_model
 from ringmoe_jax.train.optim import make_optimizer
 from ringmoe_jax.train.state import StateBuilder
 from ringmoe_jax.train.step import make_train_step
+
+
+EXIT_PREEMPTED = 42  # suggested exit status after a signal-triggered save (launch/ scripts)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Too many consecutive steps with a NaN/Inf loss or gradient."""
 
 
 class _StopFlag:
@@ -152,7 +169,19 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
           "sensors": json.loads(registry.to_json()),
           "modalities": list(MODALITIES)}
 
+  max_bad = int(config.train.get("max_consecutive_nonfinite", 3))
+
+  def check_finite(streak: int, step_: int) -> None:
+    if streak >= max_bad:
+      raise NonFiniteLossError(
+          f"{streak} consecutive steps with a NaN/Inf loss or gradient (up to step {step_}, "
+          f"train.max_consecutive_nonfinite={max_bad}); their updates were skipped and no "
+          f"checkpoint was written after them. Resume from the last checkpoint "
+          f"({ckpt.latest_step()}) with a lower learning rate or check the data.")
+
   def save(step_: int, force=False):
+    # Never persist a state after a run of non-finite steps (a small host sync per save).
+    check_finite(int(jax.device_get(state["max_nonfinite_streak"])), step_)
     meta["routing_counts"] = jax.tree.map(lambda x: np.asarray(x).tolist(),
                                           state["routing_counts"])
     ckpt.save(step_, state, data_iter.get_state(), meta, force=force)
@@ -163,8 +192,13 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
   losses: list[float] = []
   timer = _Throughput(step)
   host_metrics: dict[str, Any] = {}
+  profile = config.train.get("profile_steps", None)
+  profiling = False
   with _StopFlag() as stop, jax.set_mesh(mesh):
     while step < stop_at and stop.signum is None:
+      if profile and step + 1 == int(profile[0]) and not profiling:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        profiling = True
       local = next(data_iter)
       # Every key of the pipeline's batch, split over the batch axes of the mesh.
       batch = {k: jax.make_array_from_process_local_data(
@@ -172,11 +206,18 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
       state, metrics = train_step(state, batch)
       step += 1
       timer.tick(step, state["step"])
+      if profiling and (step >= int(profile[1]) or step == stop_at):
+        jax.block_until_ready(state["step"])
+        jax.profiler.stop_trace()
+        profiling = False
+        print(f"profile of steps {profile[0]}..{step} in {workdir}/profile", flush=True)
       if step % config.train.log_every == 0 or step in (stop_at, timer.first_step + 1):
         host_metrics = jax.device_get(metrics)
         loss = float(host_metrics["loss"])
-        if not np.isfinite(loss):
-          raise FloatingPointError(f"loss is {loss} at step {step}; not checkpointing")
+        check_finite(int(host_metrics["max_nonfinite_streak"]), step)
+        if not np.isfinite(loss) and primary:
+          print(f"step={step}: loss {loss}, update skipped "
+                f"({int(host_metrics['skipped_steps'])} skipped so far)", flush=True)
         losses.append(loss)
         host_metrics["steps_per_sec"] = timer.rate(step)
         writer.write(step, host_metrics)
@@ -189,6 +230,8 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
     if stop.signum is not None and ckpt.latest_step() != step:
       save(step, force=True)
       print(f"stopped by signal {stop.signum} at step {step}; checkpoint saved", flush=True)
+  if profiling:
+    jax.profiler.stop_trace()
   ckpt.close()
   writer.close()
   if primary and losses:
