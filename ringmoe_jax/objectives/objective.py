@@ -127,6 +127,14 @@ class Objective:
     if mask is None:
       mask = self.draw_mask(key, b, (hh // p, ww // p))
     pred, feats, aux = model.forward(batch, mask, train=train)
+    return self.terms(pred, feats, aux, batch, mask, model.contrastive_log_temperature[...])
+
+  def terms(self, pred: jax.Array, feats: jax.Array, aux: dict[str, Any],
+            batch: dict[str, jax.Array], mask: jax.Array,
+            log_temperature: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """The loss from the model's outputs: pred (B, H, W, Ko), feats (B, h, w, Cl), encoder aux
+    (balance_loss, routing), token mask (B, h', w'), log_temperature (). A pure function."""
+    p = self.patch_size
     valid = batch["valid"].astype(jnp.float32)
     pix_mask = masking.upsample(mask, p).astype(jnp.float32) * valid  # (B, H, W)
     modality = batch["modality"]
@@ -143,7 +151,14 @@ class Objective:
       if kind == "log_intensity":
         value, count = self._gamma_nll(pred[..., :c], batch, w_m, c)
       else:
-        tgt = targets.modality_target(kind, c, batch["pixels"], batch["raw"], batch["valid"],
+        tile_valid = batch["valid"]
+        if kind in ("span", "span_complex"):
+          # Zero-power pixels (SAR no-data) have no span in dB: out of the target's statistics
+          # and of the loss.
+          has_power = jnp.sum(jnp.square(batch["raw"][..., :8].astype(jnp.float32)), -1) > 0
+          tile_valid = tile_valid * has_power
+          w_m = w_m * has_power
+        tgt = targets.modality_target(kind, c, batch["pixels"], batch["raw"], tile_valid,
                                       self.reflectance_unit)
         n_l1 = 1 if kind in ("span", "span_complex") else c
         value, count = _masked_l1(pred[..., :n_l1], tgt[..., :n_l1], w_m)
@@ -165,9 +180,9 @@ class Objective:
     sam = physics._safe_ratio(sam_sum, sam_cnt)  # pylint: disable=protected-access
     index = physics._safe_ratio(index_sum, index_cnt)  # pylint: disable=protected-access
     con_loss, con_pairs, temp = zero, zero, contrastive.temperature_from_log(
-        model.contrastive_log_temperature[...], self.min_temperature, self.max_temperature)
+        log_temperature, self.min_temperature, self.max_temperature)
     if self.contrastive_weight > 0 and "group" in batch:
-      con_loss, con_pairs = self._contrastive(model, feats, batch)
+      con_loss, con_pairs = self._contrastive(log_temperature, feats, batch)
     balance = aux["balance_loss"]
     z_loss = sum(jnp.sum(r["z_loss"]) for r in aux["routing"].values())
     loss = (recon + self.complex_weight * complex_loss + self.sam_weight * sam
@@ -227,12 +242,12 @@ class Objective:
     weights = w[..., None] * ok[:, None, None, :] * defined
     return physics._masked_mean(err, weights)  # pylint: disable=protected-access
 
-  def _contrastive(self, model, feats: jax.Array, batch):
+  def _contrastive(self, log_temperature: jax.Array, feats: jax.Array, batch):
     """InfoNCE over co-registered groups; feats (B, h, w, Cl) -> (loss, contributing pairs)."""
     emb, present = group_embeddings(feats, batch["valid"], batch["group"], batch["modality"],
                                      len(self.kinds))
     return contrastive.multi_modal_info_nce(
-        emb, present, model.contrastive_log_temperature[...],
+        emb, present, log_temperature,
         min_temperature=self.min_temperature, max_temperature=self.max_temperature)
 
 

@@ -1,0 +1,216 @@
+r"""Frozen-feature evaluations of a pre-training run: linear probe and SAR-L2 denoising.
+
+  python -m ringmoe_jax.tools.linear_probe --config=configs/pretrain_tiny.py --workdir=DIR
+
+Axes: B batch, H/W pixels, h/w last-stage grid, Cl last-stage channels, F probe features,
+K classes.
+
+Linear probe: land-cover scene classes (the simulator's "label_class", the dominant class of the
+tile; 7 classes) from tiles the run never saw (another simulator seed, one sensor per tile),
+centre-cropped, encoded with no mask by the frozen encoder, features = mean-pooled tokens of
+every stage (concatenated, F = sum of stage dims), standardised on the training half; a
+multinomial logistic regression (L2, full-batch Adam) per modality; accuracy on the other half.
+
+SAR-L2 denoising ratio: on SAR-L2 tiles with the simulator's noise-free backscatter ("clean"),
+the masked-reconstruction forward pass (the run's masking); over masked valid pixels,
+  ratio = mean |ln sigma_pred - ln sigma_clean| / mean |ln I_observed - ln sigma_clean|,
+< 1 when the decoder's prediction is closer to the noise-free backscatter than the speckled
+input. sigma_pred = exp(prediction) for target 'log_intensity', or the denormalised amplitude
+squared for 'pixels' (plain SimMIM).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ringmoe_jax.data import pipeline as pipeline_lib
+from ringmoe_jax.data.simulator import CLASSES, SceneSimulator
+from ringmoe_jax.objectives import objective as objective_lib
+from ringmoe_jax.objectives import sensor_tables
+from ringmoe_jax.sensors.modalities import MODALITIES
+from ringmoe_jax.train.checkpoint import Checkpointer
+from ringmoe_jax.train.model import make_model
+
+# A separate simulator seed: probe tiles are scenes the run never trained on.
+PROBE_SEED = 10_000
+
+
+def load_trained_model(config, workdir: str, step: int | None = None):
+  """The SimMIM model of `config` with the parameters of the run's checkpoint (latest: None)."""
+  import os  # pylint: disable=import-outside-toplevel
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  restored = ckpt.manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  ckpt.close()
+  model = make_model(config)
+  state = nnx.state(model, nnx.Param)
+  params = jax.tree.map(np.asarray, restored.state["params"])
+  nnx.replace_by_pure_dict(state, params)
+  nnx.update(model, state)
+  return model, int(step)
+
+
+def probe_batches(config, num_tiles: int, *, batch_size: int = 32, seed: int = PROBE_SEED):
+  """Evaluation batches (numpy) with "label" and "clean" from unseen simulated scenes."""
+  reg = sensor_tables.training_registry(config)
+  sensors = tuple(config.data.sensors)
+  src = SceneSimulator(num_tiles, int(config.data.tile_size), sensors=sensors, registry=reg,
+                       seed=seed, nodata_fraction=0.0)
+  max_channels = max(int(config.model.in_channels[m]) for m in MODALITIES)
+  ds = pipeline_lib.make_eval_dataset(src, registry=reg, batch_size=batch_size,
+                                      crop_size=int(config.model.img_size),
+                                      max_channels=max_channels, keep_clean=True,
+                                      keep_label=True)
+  return [ds[i] for i in range(len(ds))]
+
+
+@nnx.jit
+def _features(model, pixels, modality, valid):
+  feats, _ = model.encoder(pixels, modality, mask=None, valid=valid, train=False)
+  pooled = [objective_lib.pooled_embeddings(f, valid)[0] for f in feats]
+  return jnp.concatenate(pooled, axis=-1)
+
+
+def features(model, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """-> features (N, F), labels (N,), modality (N,)."""
+  xs, ys, ms = [], [], []
+  for b in batches:
+    xs.append(np.asarray(_features(model, jnp.asarray(b["pixels"]), jnp.asarray(b["modality"]),
+                                   jnp.asarray(b["valid"]))))
+    ys.append(b["label"])
+    ms.append(b["modality"])
+  return np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)
+
+
+def logistic_regression(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                        num_classes: int, *, l2: float = 1e-3, steps: int = 500,
+                        lr: float = 0.05) -> np.ndarray:
+  """Multinomial logistic regression on standardised features -> test predictions (N_test,)."""
+  mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+  xtr = jnp.asarray((x_train - mu) / sd)
+  xte = jnp.asarray((x_test - mu) / sd)
+  ytr = jnp.asarray(y_train)
+  params = {"w": jnp.zeros((xtr.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+  tx = optax.adam(lr)
+
+  def loss(p):
+    logits = xtr @ p["w"] + p["b"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, ytr).mean()
+    return ce + l2 * jnp.sum(jnp.square(p["w"]))
+
+  @jax.jit
+  def fit(p):
+    def body(carry, _):
+      p, s = carry
+      g = jax.grad(loss)(p)
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
+    return p
+
+  p = fit(params)
+  return np.asarray(jnp.argmax(xte @ p["w"] + p["b"], axis=-1))
+
+
+def linear_probe(model, batches) -> dict[str, Any]:
+  """Accuracy per modality (first half of each modality's tiles train, second half test)."""
+  x, y, mod = features(model, batches)
+  out: dict[str, Any] = {}
+  accs = []
+  for m, name in enumerate(MODALITIES):
+    idx = np.flatnonzero(mod == m)
+    if len(idx) < 8:
+      continue
+    tr, te = idx[:len(idx) // 2], idx[len(idx) // 2:]
+    pred = logistic_regression(x[tr], y[tr], x[te], len(CLASSES))
+    acc = float(np.mean(pred == y[te]))
+    majority = float(np.mean(y[te] == np.bincount(y[tr], minlength=len(CLASSES)).argmax()))
+    out[name] = {"accuracy": acc, "majority_baseline": majority, "train": len(tr),
+                 "test": len(te)}
+    accs.append(acc)
+  out["mean_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+  return out
+
+
+def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, float]:
+  """See the module docstring; over the SAR-L2 tiles of `batches`."""
+  m = MODALITIES.index("sar_l2")
+  kind = model.target_kinds[m]
+  c = int(config.model.in_channels["sar_l2"])
+  obj = objective_lib.Objective.from_config(config, model)
+  reg = sensor_tables.training_registry(config)
+  tables = obj.tables
+
+  @nnx.jit
+  def predict(model, batch, key):
+    b, hh, ww, _ = batch["pixels"].shape
+    p = obj.patch_size
+    mask = obj.draw_mask(key, b, (hh // p, ww // p))
+    pred, _, _ = model.forward(batch, mask, train=False)
+    return pred[..., :c], jnp.repeat(jnp.repeat(mask, p, 1), p, 2)
+
+  err_pred = err_in = n = 0.0
+  for i, b in enumerate(batches):
+    keep = b["modality"] == m
+    if not keep.any():
+      continue
+    jb = {k: jnp.asarray(v) for k, v in b.items()}
+    pred, mask = predict(model, jb, jax.random.PRNGKey(seed + i))
+    pred, mask = np.asarray(pred, np.float64), np.asarray(mask)
+    power = np.asarray(sensor_tables.take_fill(tables.sar_power, jnp.asarray(b["sensor"]),
+                                               sensor_tables.AMPLITUDE))
+    obs = np.asarray(sensor_tables.to_intensity(jnp.asarray(b["raw"][..., :c]),
+                                                jnp.asarray(power)), np.float64)
+    clean = np.asarray(sensor_tables.to_intensity(jnp.asarray(b["clean"][..., :c]),
+                                                  jnp.asarray(power)), np.float64)
+    if kind == "log_intensity":
+      log_pred = pred
+    else:  # normalised sensor values -> physical -> intensity
+      phys = np.stack([reg.get(reg.names()[s]).denormalize(pred[j]) if s < len(reg) else
+                       pred[j] for j, s in enumerate(b["sensor"])])
+      log_pred = np.log(np.maximum(np.asarray(sensor_tables.to_intensity(
+          jnp.asarray(phys, jnp.float32), jnp.asarray(power)), np.float64), 1e-8))
+    w = (keep[:, None, None] & mask & (b["valid"] > 0))[..., None] & (obs > 0) & (clean > 0)
+    w = np.broadcast_to(w, obs.shape)
+    log_clean = np.log(np.where(w, clean, 1.0))
+    err_pred += np.sum(np.abs(log_pred - log_clean)[w])
+    err_in += np.sum(np.abs(np.log(np.where(w, obs, 1.0)) - log_clean)[w])
+    n += np.sum(w)
+  if n == 0:
+    return {"pixels": 0.0, "ratio": float("nan")}
+  return {"pixels": float(n), "pred_log_error": err_pred / n, "input_log_error": err_in / n,
+          "ratio": err_pred / err_in}
+
+
+def evaluate(config, workdir: str, *, num_tiles: int = 1024) -> dict[str, Any]:
+  model, step = load_trained_model(config, workdir)
+  batches = probe_batches(config, num_tiles)
+  return {"workdir": workdir, "step": step, "linear_probe": linear_probe(model, batches),
+          "sar_l2_denoise": sar_l2_denoise_ratio(model, config, batches)}
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  print(json.dumps(evaluate(f.config, f.workdir, num_tiles=f.num_tiles), indent=1))
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=ungrouped-imports
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "The run's config (get_config(arg)).")
+  flags.DEFINE_string("workdir", None, "The run's workdir (checkpoints/).")
+  flags.DEFINE_integer("num_tiles", 1024, "Probe tiles (half train, half test per modality).")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
