@@ -196,7 +196,7 @@ def test_pipeline_batch_shapes_dtypes_and_padding():
   it = pipeline.make_iterator(_dataset())
   b = next(it)
   it.close()
-  assert set(b) == {"pixels", "valid", "modality", "sensor", "raw"}
+  assert set(b) == {"pixels", "valid", "modality", "sensor", "raw", "looks", "group"}
   assert b["pixels"].shape == b["raw"].shape == (16, 32, 32, 8)
   assert b["pixels"].dtype == b["raw"].dtype == b["valid"].dtype == np.float32
   assert b["valid"].shape == (16, 32, 32) and set(np.unique(b["valid"])) <= {0.0, 1.0}
