@@ -40,7 +40,7 @@ def get_config(arg=None):
                  **SIZES[a["size"]])
   c.data.update(batch_size=2048, tile_size=256, num_tiles=400_000_000)
   c.train.update(total_steps=300_000, log_every=100, checkpoint_every=2000)
-  c.mesh.update(data=-1, fsdp=64, expert=4, tensor=1)
+  c.mesh.update(data=-1, fsdp=64, expert=4, tensor=1, route_per_shard=True)
   c.sharding_preset = "fsdp_expert"
   c.remat.update(policy="full", scan_blocks=True)
   if a["runlocal"]:

@@ -79,7 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
       min_lr=5e-7, warmup_steps=10_000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
       grad_clip=5.0))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+  # route_per_shard: MoE routing groups = batch shards over (data, fsdp) (capacity per shard,
+  # no global dispatch gather); False: one routing over the global batch (models/swin.py).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1,
+                                          route_per_shard=False))
   # Logical-axis -> mesh-axis rules: a preset of parallel/sharding.py ('dp', 'fsdp',
   # 'fsdp_expert', 'fsdp_expert_tensor'), or explicit rules (('embed', 'fsdp'), ...).
   c.sharding_preset = "fsdp_expert_tensor"

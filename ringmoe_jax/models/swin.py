@@ -22,15 +22,18 @@ per expert), so pruning and observability need no second pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from ringmoe_jax.models.attention import WindowAttentionV2, effective_window, windowed_attention
 from ringmoe_jax.models.patch_embed import ModalityPatchEmbed
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
+from ringmoe_jax.parallel.mesh import BATCH_AXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,9 @@ class EncoderConfig:
   # Set from config.remat by train/model.py (not part of config.model).
   scan_blocks: bool = True
   remat: str = "none"
+  # Route each batch shard's tokens as one group (mesh axes data x fsdp), set from
+  # config.mesh.route_per_shard. False: one global routing over the whole batch.
+  route_per_shard: bool = False
 
   @property
   def num_stages(self) -> int:
@@ -85,6 +91,7 @@ class SwinMoEBlock(nnx.Module):
                moe_cfg: MoEConfig, *, rngs: nnx.Rngs):
     dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.window, self.shift = window, shift
+    self.route_per_shard = cfg.route_per_shard
     self.attn = WindowAttentionV2(dim, heads, window, qkv_bias=cfg.qkv_bias,
                                   pretrained_window_size=cfg.pretrained_window_size,
                                   cpb_hidden=cfg.cpb_hidden, dtype=dtype, param_dtype=pdt,
@@ -98,11 +105,61 @@ class SwinMoEBlock(nnx.Module):
     """x (B, h, w, C), modality (B,), token_valid (B, h, w) bool -> x, aux."""
     b, h, w, c = x.shape
     a = windowed_attention(self.attn, x, self.window, self.shift)
-    x = x + self.norm1(a).astype(x.dtype)
-    tok_mod = jnp.broadcast_to(modality[:, None], (b, h * w)).reshape(-1)
-    y, aux = self.moe(x.reshape(b * h * w, c), tok_mod, token_valid.reshape(-1), train=train)
-    x = x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype)
+    x = _batch_constraint(x + self.norm1(a).astype(x.dtype))
+    tok_mod = jnp.broadcast_to(modality[:, None], (b, h * w))
+    g, axes = _routing_groups(b) if self.route_per_shard else (1, ())
+    if g == 1:
+      y, aux = self.moe(x.reshape(b * h * w, c), tok_mod.reshape(-1), token_valid.reshape(-1),
+                        train=train)
+    else:
+      # G routing groups, one per batch shard: capacity, positions and the dispatch gather stay
+      # inside a shard instead of spanning the global batch (V-MoE's groups).
+      moe_def, moe_state = nnx.split(self.moe)
+      run = lambda xx, mm, vv: nnx.merge(moe_def, moe_state)(xx, mm, vv, train=train)
+      y, aux = jax.vmap(run, spmd_axis_name=axes)(
+          x.reshape(g, -1, c), tok_mod.reshape(g, -1), token_valid.reshape(g, -1))
+      aux = _merge_groups(aux)
+    x = _batch_constraint(x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype))
     return x, aux
+
+
+# Mesh axes that split the batch into routing groups (route_per_shard); `expert` also splits
+# the batch but is kept for the experts themselves.
+GROUP_AXES = ("data", "fsdp")
+_SUMMED_STATS = ("tokens_per_expert", "num_dropped")
+
+
+def _mesh_axes(names, size: int) -> tuple[tuple[str, ...], int]:
+  """The ambient mesh's axes among `names` with size > 1, if their product divides `size`."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return (), 1
+  axes = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
+  n = math.prod(mesh.shape[a] for a in axes)
+  return (axes, n) if axes and size % n == 0 else ((), 1)
+
+
+def _batch_constraint(x: jax.Array) -> jax.Array:
+  """Pin an activation's leading (batch) axis to the mesh's batch axes. Without it, a norm whose
+  scale is split over `fsdp` pulls the residual stream onto the channel axis, and XLA falls
+  back to replicating it (an "Involuntary full rematerialization")."""
+  axes, _ = _mesh_axes(BATCH_AXES, x.shape[0])
+  if not axes:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
+
+
+def _routing_groups(batch: int) -> tuple[int, tuple[str, ...]]:
+  axes, n = _mesh_axes(GROUP_AXES, batch)
+  return n, axes
+
+
+def _merge_groups(aux):
+  """Per-group MoE aux (G, ...) -> one block's: counts summed, rates and losses averaged."""
+  def one(path, a):
+    name = str(getattr(path[-1], "key", path[-1]))
+    return a.sum(0) if name in _SUMMED_STATS else a.mean(0)
+  return jax.tree_util.tree_map_with_path(one, aux)
 
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")

@@ -18,7 +18,8 @@ def make_model(config, seed: int | None = None) -> SimMIMModel:
   enc_cfg = EncoderConfig.from_config(config.model, channels)
   remat = config.get("remat", {})
   enc_cfg = dataclasses.replace(enc_cfg, scan_blocks=bool(remat.get("scan_blocks", True)),
-                                remat=str(remat.get("policy", "none")))
+                                remat=str(remat.get("policy", "none")),
+                                route_per_shard=bool(config.mesh.get("route_per_shard", False)))
   moe_cfg = MoEConfig.from_config(config.moe, len(MODALITIES))
   kinds = [config.mim.targets[m] for m in MODALITIES]
   rngs = nnx.Rngs(config.seed if seed is None else seed)

@@ -184,6 +184,9 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
     check_finite(int(jax.device_get(state["max_nonfinite_streak"])), step_)
     meta["routing_counts"] = jax.tree.map(lambda x: np.asarray(x).tolist(),
                                           state["routing_counts"])
+    # Every process saves (Orbax writes each process's shards of the state). The JSON data
+    # item comes from process 0: all processes' iterators are at the same position (SPMD) and
+    # the position does not depend on the shard, so each process restores its own shard there.
     ckpt.save(step_, state, data_iter.get_state(), meta, force=force)
 
   writer = MetricWriter(workdir, is_primary=primary)
