@@ -8,7 +8,8 @@ exactly 0 with count 0 when nothing is valid: fully unmasked or all-nodata tiles
   loss_<modality>      reconstruction of that modality by its target kind (`targets.py`):
                        'pixels' / 'span' / 'reflectance' -> L1 over masked, valid pixels;
                        'span_complex' -> L1 on the span channel; 'log_intensity' -> Gamma NLL of
-                       the observed intensity given the predicted log backscatter with the tile's
+                       the observed intensity given the predicted log backscatter (relative to
+                       the sensor's mean intensity, `log_backscatter`) with the tile's
                        looks (the sensor registry's L; `physics.default_looks` where unknown).
   sar_l1_complex_loss  'span_complex' only: phase-invariant complex reconstruction
                        (`physics.phase_invariant_complex_loss`, normalised channels).
@@ -207,12 +208,21 @@ class Objective:
     sensor = batch.get("sensor", jnp.full(batch["modality"].shape, -1, jnp.int32))
     kind = sensor_tables.take_fill(self.tables.sar_power, sensor, sensor_tables.AMPLITUDE)
     intensity = sensor_tables.to_intensity(batch["raw"][..., :c], kind)
+    log_sigma = self.log_backscatter(log_sigma, sensor)
     looks = batch.get("looks")
     if looks is None:
       looks = jnp.zeros(batch["modality"].shape, jnp.float32)
     looks = jnp.where(looks > 0, looks, self.default_looks).astype(jnp.float32)
     return physics.gamma_nll(log_sigma, intensity, looks[:, None, None, None], w[..., None],
                              include_constants=self.gamma_include_constants)
+
+  def log_backscatter(self, pred: jax.Array, sensor: jax.Array) -> jax.Array:
+    """SAR-L2 decoder output (B, H, W, C) -> ln sigma: relative to the sensor's mean intensity
+    (`SensorTables.log_intensity_ref`), so that a zero-initialised decoder starts at the
+    sensor's typical backscatter instead of sigma = 1 (e^3 too bright), which Adam's ~lr-sized
+    steps would take thousands of steps to undo."""
+    ref = sensor_tables.take_fill(self.tables.log_intensity_ref, sensor, 0.0)
+    return pred.astype(jnp.float32) + ref[:, None, None, None]
 
   def _index_loss(self, pred: jax.Array, tgt: jax.Array, w: jax.Array, sensor: jax.Array):
     """Mean |ND(pred) - ND(tgt)| over (pixel, index) pairs; per-tile bands from the tables."""

@@ -29,12 +29,14 @@ AMPLITUDE, INTENSITY, DECIBEL = 0, 1, 2
 class SensorTables:
   """index_a, index_b: (S, I) int32 channel positions of (a - b) / (a + b); index_ok (S, I)
   float32 1 where the sensor has both bands; sar_power: (S,) int32 AMPLITUDE / INTENSITY /
-  DECIBEL; scale_ok: (S,) bool, an optical sensor's values are reflectance."""
+  DECIBEL; log_intensity_ref: (S,) float32 ln of the sensor's mean SAR-L2 intensity (from its
+  normalisation statistics), 0 for other sensors."""
   indices: tuple[str, ...]
   index_a: np.ndarray
   index_b: np.ndarray
   index_ok: np.ndarray
   sar_power: np.ndarray
+  log_intensity_ref: np.ndarray
   names: tuple[str, ...]
 
 
@@ -71,6 +73,7 @@ def build_tables(registry: SensorRegistry, indices: Sequence[str],
   b = np.zeros((n, k), np.int32)
   ok = np.zeros((n, k), np.float32)
   power = np.full((n,), AMPLITUDE, np.int32)
+  ref = np.zeros((n,), np.float32)
   for s, name in enumerate(names):
     sensor = registry.get(name)
     if sensor.modality in OPTICAL_MODALITIES:
@@ -83,10 +86,23 @@ def build_tables(registry: SensorRegistry, indices: Sequence[str],
     elif sensor.modality == "sar_l2":
       try:
         power[s] = _sar_power(sensor)
+        ref[s] = _log_mean_intensity(sensor, power[s])
       except ValueError:
         if name in used:
           raise
-  return SensorTables(tuple(indices), a, b, ok, power, names)
+  return SensorTables(tuple(indices), a, b, ok, power, ref, names)
+
+
+def _log_mean_intensity(sensor, kind: int) -> float:
+  """ln E[I] over the sensor's channels from its mean / std (E[A^2] = mean^2 + std^2)."""
+  mean, std = np.asarray(sensor.mean, np.float64), np.asarray(sensor.std, np.float64)
+  if kind == AMPLITUDE:
+    e = mean ** 2 + std ** 2
+  elif kind == INTENSITY:
+    e = mean
+  else:  # dB: the mean of dB is the log of the geometric mean
+    return float(np.mean(mean) * np.log(10.0) / 10.0)
+  return float(np.log(max(float(np.mean(e)), 1e-10)))
 
 
 def take_fill(table: np.ndarray, ids: jax.Array, fill=0) -> jax.Array:

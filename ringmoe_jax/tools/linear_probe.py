@@ -15,7 +15,7 @@ SAR-L2 denoising ratio: on SAR-L2 tiles with the simulator's noise-free backscat
 the masked-reconstruction forward pass (the run's masking); over masked valid pixels,
   ratio = mean |ln sigma_pred - ln sigma_clean| / mean |ln I_observed - ln sigma_clean|,
 < 1 when the decoder's prediction is closer to the noise-free backscatter than the speckled
-input. sigma_pred = exp(prediction) for target 'log_intensity', or the denormalised amplitude
+input. sigma_pred = exp(`Objective.log_backscatter(prediction)`) for target 'log_intensity', or the denormalised amplitude
 squared for 'pixels' (plain SimMIM).
 """
 from __future__ import annotations
@@ -174,7 +174,8 @@ def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, 
     clean = np.asarray(sensor_tables.to_intensity(jnp.asarray(b["clean"][..., :c]),
                                                   jnp.asarray(power)), np.float64)
     if kind == "log_intensity":
-      log_pred = pred
+      log_pred = np.asarray(obj.log_backscatter(jnp.asarray(pred), jnp.asarray(b["sensor"])),
+                            np.float64)
     else:  # normalised sensor values -> physical -> intensity
       phys = np.stack([reg.get(reg.names()[s]).denormalize(pred[j]) if s < len(reg) else
                        pred[j] for j, s in enumerate(b["sensor"])])
