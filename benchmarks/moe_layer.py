@@ -9,9 +9,14 @@ Sizes (issue 3): T=16384 tokens, d=512, hidden 2048, top-1.
   hierarchical: RingMoE's layer, 4 modalities x 4 special + 4 collab + 1 shared (each token runs
             3 FFNs), against a dense FFN of 3x the hidden width.
 GFLOP/s counts active FLOPs (3 passes x 2 matmuls x 2*d*hidden per token per FFN), against a
-2048^3 matmul measured in the same run. ragged_dot is timed once and at 4 experts only: on CPU it
-is ~24x slower and XLA:CPU lowers it through an (E, N, hidden) intermediate (3.4 GB of
-temporaries at E=4, ~40 GB at E=64).
+2048^3 matmul measured in the same run.
+floor-eN: a copy of N experts' weights (read them once, write a fresh buffer of their size): the
+memory traffic of the weight gradient, which no kernel avoids (the layer also reads the weights a
+second time, in the forward pass, so the real floor is a little higher). On this machine it is
+dominated by the page faults of the freshly allocated output (~0.35 s for the 537 MB of 64
+experts); floor-e64 - floor-e4 estimates how close e64/e4 can get to 1.
+ragged_dot is timed once and at 4 experts only: on CPU it is ~24x slower and XLA:CPU lowers it
+through an (E, N, hidden) intermediate (3.4 GB of temporaries at E=4, ~40 GB at E=64).
 """
 from __future__ import annotations
 
@@ -81,12 +86,17 @@ def main():
     cfg = MoEConfig(num_special=4, num_collab=4, num_shared=1, top_k=1, dispatcher=disp)
     thunks[f"hierarchical/{disp}"] = _moe_thunk(cfg, x, mod, ct)
     active[f"hierarchical/{disp}"] = 3
+  for e in (4, 64):
+    w = jnp.zeros((2, e, D, F), jnp.float32)  # w1 and w2 together
+    thunks[f"floor-e{e}"] = compiled(lambda w: jnp.zeros_like(w) + w, w)
   slow = {n: 1 for n in thunks if "ragged" in n}
   times = best_of(thunks, ROUNDS, rounds_for=slow)
 
   print(f"matmul ceiling: {ceiling:.0f} GFLOP/s")
   print(f"{'variant':34s} {'time s':>8s} {'vs dense':>9s} {'GFLOP/s':>8s} {'% ceiling':>9s}")
   for name, t in times.items():
+    if name.startswith("floor"):
+      continue
     base = times["dense3x"] if active[name] == 3 else times["dense"]
     gf = active[name] * flops_per_ffn / t / 1e9
     print(f"{name:34s} {t:8.3f} {t / base:9.2f} {gf:8.0f} {100 * gf / ceiling:8.0f}%")
@@ -97,6 +107,10 @@ def main():
   t4, d4 = best(4)
   t64, d64 = best(64)
   print(f"best dispatcher: e4 {d4}, e16 {d16}, e64 {d64}")
+  extra = times["floor-e64"] - times["floor-e4"]
+  print(f"weight-gradient floor: copy of 64 experts' weights {times['floor-e64']:.3f} s, of 4 "
+        f"{times['floor-e4']:.3f} s; e64 - e4 = {t64 - t4:.3f} s against a floor of {extra:.3f} s "
+        f"(e4 + floor alone: e64/e4 ~ {(t4 + extra) / t4:.2f}; noisy, copies overlap nothing)")
   print(f"headline: moe/dense={t16 / times['dense']:.2f} e64/e4={t64 / t4:.2f}")
 
 
