@@ -75,7 +75,7 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path, monkeypatch):
   procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path / "multi"), str(port),
                              str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
+  outs = [p.communicate(timeout=1200)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   multi = [json.loads(out.split("LOSSES ")[1].splitlines()[0]) for out in outs]
