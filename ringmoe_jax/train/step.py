@@ -62,6 +62,7 @@ def make_train_step(builder: StateBuilder, config, *, jit: bool = True):
                  "nonfinite_streak": streak,
                  "max_nonfinite_streak": jnp.maximum(state["max_nonfinite_streak"], streak)}
     metrics = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
+    metrics["loss"] = loss  # the loss that was differentiated (a skipped step shows its NaN)
     for i, name in enumerate(MODALITIES):
       metrics[f"loss_{name}"] = aux["loss_per_modality"][i]
       metrics[f"pixels_{name}"] = aux["mim_pixels_per_modality"][i]
