@@ -177,8 +177,9 @@ def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, 
       log_pred = np.asarray(obj.log_backscatter(jnp.asarray(pred), jnp.asarray(b["sensor"])),
                             np.float64)
     else:  # normalised sensor values -> physical -> intensity
-      phys = np.stack([reg.get(reg.names()[s]).denormalize(pred[j]) if s < len(reg) else
-                       pred[j] for j, s in enumerate(b["sensor"])])
+      phys = np.stack([reg.get(reg.names()[s]).denormalize(pred[j])
+                       if keep[j] and s < len(reg) else pred[j]
+                       for j, s in enumerate(b["sensor"])])
       log_pred = np.log(np.maximum(np.asarray(sensor_tables.to_intensity(
           jnp.asarray(phys, jnp.float32), jnp.asarray(power)), np.float64), 1e-8))
     w = (keep[:, None, None] & mask & (b["valid"] > 0))[..., None] & (obs > 0) & (clean > 0)
