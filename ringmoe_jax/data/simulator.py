@@ -84,13 +84,7 @@ _SAR_CHOL = _cholesky()
 
 def band_reflectance(sensor: Sensor) -> np.ndarray:
   """(K, C) class reflectance averaged over each band's window [centre -/+ bandwidth / 2]."""
-  out = np.empty((len(CLASSES), sensor.num_channels))
-  for c, band in enumerate(sensor.bands):
-    half = band.bandwidth_nm / 2
-    grid = np.linspace(band.center_wavelength_nm - half, band.center_wavelength_nm + half, 33)
-    for k in range(len(CLASSES)):
-      out[k, c] = np.interp(grid, synthetic._WAVELENGTHS_NM, _SPECTRA[k]).mean()  # pylint: disable=protected-access
-  return out
+  return synthetic.band_average(sensor, synthetic._WAVELENGTHS_NM, _SPECTRA)  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,15 +87,21 @@ def _sar_cholesky() -> np.ndarray:
 _SAR_CHOL = _sar_cholesky()
 
 
-def band_reflectance(sensor: Sensor) -> np.ndarray:
-  """(K, C) mean class reflectance over each band's window [centre -/+ bandwidth / 2]."""
-  out = np.empty((len(CLASSES), sensor.num_channels))
+def band_average(sensor: Sensor, wavelengths_nm: np.ndarray, spectra: np.ndarray) -> np.ndarray:
+  """(K, C): spectra (K, len(wavelengths_nm)) averaged over each band's window
+  [centre -/+ bandwidth / 2] of `sensor`."""
+  out = np.empty((len(spectra), sensor.num_channels))
   for c, band in enumerate(sensor.bands):
     half = band.bandwidth_nm / 2
     grid = np.linspace(band.center_wavelength_nm - half, band.center_wavelength_nm + half, 33)
-    for k in range(len(CLASSES)):
-      out[k, c] = np.interp(grid, _WAVELENGTHS_NM, _SPECTRA[k]).mean()
+    for k, spectrum in enumerate(spectra):
+      out[k, c] = np.interp(grid, wavelengths_nm, spectrum).mean()
   return out
+
+
+def band_reflectance(sensor: Sensor) -> np.ndarray:
+  """(K, C) mean class reflectance over each band's window [centre -/+ bandwidth / 2]."""
+  return band_average(sensor, _WAVELENGTHS_NM, _SPECTRA)
 
 
 def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
