@@ -21,6 +21,16 @@ def _params(result):
   return jax.tree.map(np.asarray, jax.device_get(result["state"]["params"]))
 
 
+def _user_sensor_file(path, name, modality, bands, bandwidth_nm):
+  """A user sensor definition (JSON) with the given (band name, centre nm) pairs."""
+  sensor = {"name": name, "modality": modality, "gsd_m": 2.0, "product_level": "L2A",
+            "scale": "reflectance", "mean": [0.1] * len(bands), "std": [0.1] * len(bands),
+            "bands": [{"name": n, "center_wavelength_nm": w, "bandwidth_nm": bandwidth_nm}
+                      for n, w in bands]}
+  path.write_text(json.dumps(sensor))
+  return str(path)
+
+
 def test_loss_falls_over_a_few_steps(tmp_path):
   c = micro_config()
   c.train.update(total_steps=12, log_every=1, checkpoint_every=100)
@@ -73,28 +83,20 @@ def test_unknown_sensor_and_channel_mismatch_fail_clearly(tmp_path):
   c.data.sensors = ("gaofen2_pms", "nope")
   with pytest.raises(KeyError, match="unknown sensor 'nope'; registered: gaofen2_pms"):
     trainer.train(c, str(tmp_path / "x"))
-  sensor = {"name": "my_rgbn", "modality": "opt", "gsd_m": 2.0, "product_level": "L2A",
-            "scale": "reflectance", "mean": [0.1] * 4, "std": [0.1] * 4,
-            "bands": [{"name": n, "center_wavelength_nm": w, "bandwidth_nm": 60.0}
-                      for n, w in (("B", 490), ("G", 560), ("R", 665), ("N", 842))]}
-  path = tmp_path / "s.json"
-  path.write_text(json.dumps(sensor))
+  path = _user_sensor_file(tmp_path / "s.json", "my_rgbn", "opt",
+                           (("B", 490), ("G", 560), ("R", 665), ("N", 842)), 60.0)
   c = micro_config()
-  c.data.update(sensors=("my_rgbn",), sensor_files=(str(path),))
+  c.data.update(sensors=("my_rgbn",), sensor_files=(path,))
   with pytest.raises(ValueError, match=r"sensor 'my_rgbn' \(opt\) has 4 channels but "
                      r"model.in_channels.opt is 3"):
     trainer.train(c, str(tmp_path / "y"))
 
 
 def test_a_user_file_sensor_trains_without_code_changes(tmp_path):
-  sensor = {"name": "my_msi", "modality": "ms", "gsd_m": 5.0, "product_level": "L2A",
-            "scale": "reflectance", "mean": [0.1] * 4, "std": [0.1] * 4,
-            "bands": [{"name": n, "center_wavelength_nm": w, "bandwidth_nm": 40.0}
-                      for n, w in (("blue", 485), ("green", 555), ("red", 660), ("nir", 830))]}
-  path = tmp_path / "my_msi.json"
-  path.write_text(json.dumps(sensor))
+  path = _user_sensor_file(tmp_path / "my_msi.json", "my_msi", "ms",
+                           (("blue", 485), ("green", 555), ("red", 660), ("nir", 830)), 40.0)
   c = micro_config()
-  c.data.update(sensors=("my_msi", "gaofen3_amp"), sensor_files=(str(path),))
+  c.data.update(sensors=("my_msi", "gaofen3_amp"), sensor_files=(path,))
   c.train.total_steps = 2
   r = trainer.train(c, str(tmp_path / "w"))
   assert r["step"] == 2 and np.isfinite(r["losses"]).all()

@@ -15,18 +15,24 @@ def num_masked_cells(num_cells: int, ratio: float) -> int:
   return int(min(max(round(ratio * num_cells), 1), num_cells))
 
 
-def block_mask(key: jax.Array, batch: int, grid: tuple[int, int], cell: int,
-               ratio: float) -> jax.Array:
-  """(B, h, w) bool, True = masked; exactly num_masked_cells cells of each tile are masked."""
+def random_cells(key: jax.Array, batch: int, grid: tuple[int, int], cell: int,
+                 ratio: float) -> tuple[jax.Array, int, int]:
+  """(B, ch*cw) bool: exactly num_masked_cells(ch*cw, ratio) cells chosen per tile; ch, cw."""
   h, w = grid
   if h % cell or w % cell:
     raise ValueError(f"token grid {h}x{w} is not divisible by the mask cell of {cell} tokens")
   ch, cw = h // cell, w // cell
   n = ch * cw
-  k = num_masked_cells(n, ratio)
   scores = jax.random.uniform(key, (batch, n))
   rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
-  cells = (rank < k).reshape(batch, ch, cw)
+  return rank < num_masked_cells(n, ratio), ch, cw
+
+
+def block_mask(key: jax.Array, batch: int, grid: tuple[int, int], cell: int,
+               ratio: float) -> jax.Array:
+  """(B, h, w) bool, True = masked; exactly num_masked_cells cells of each tile are masked."""
+  cells, ch, cw = random_cells(key, batch, grid, cell, ratio)
+  cells = cells.reshape(batch, ch, cw)
   return jnp.repeat(jnp.repeat(cells, cell, axis=1), cell, axis=2)
 
 

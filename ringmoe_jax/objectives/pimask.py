@@ -17,7 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ringmoe_jax.objectives.masking import num_masked_cells
+from ringmoe_jax.objectives.masking import num_masked_cells, random_cells
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +48,10 @@ def pimask(key: jax.Array, batch: int, grid: tuple[int, int], cell: int, cell_ra
   k_cells = num_masked_cells(n, cell_ratio), k_in = num_masked_cells(cell^2, in_cell_ratio).
   Deterministic per key.
   """
-  h, w = grid
-  if h % cell or w % cell:
-    raise ValueError(f"token grid {h}x{w} is not divisible by the mask cell of {cell} tokens")
-  ch, cw = h // cell, w // cell
+  cells, ch, cw = random_cells(key, batch, grid, cell, cell_ratio)  # (B, n), as block_mask
   n = ch * cw
-  k_cells = num_masked_cells(n, cell_ratio)
   k_in = num_masked_cells(cell * cell, in_cell_ratio)
-  scores = jax.random.uniform(key, (batch, n))
-  cells = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1) < k_cells  # (B, n)
   inner_scores = jax.random.uniform(jax.random.fold_in(key, 1), (batch, n, cell * cell))
   inner = jnp.argsort(jnp.argsort(inner_scores, axis=-1), axis=-1) < k_in  # (B, n, cell^2)
   m = (cells[..., None] & inner).reshape(batch, ch, cw, cell, cell)
-  return m.transpose(0, 1, 3, 2, 4).reshape(batch, h, w)
+  return m.transpose(0, 1, 3, 2, 4).reshape(batch, *grid)
