@@ -75,14 +75,12 @@ def step_rate(cfg, registry, seconds: float) -> float:
   import jax  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.parallel.mesh import make_mesh  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.parallel.sharding import DEFAULT_RULES, batch_sharding  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.model import make_model  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.state import StateBuilder  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.step import make_train_step  # pylint: disable=import-outside-toplevel
   mesh = make_mesh(cfg.mesh)
-  model = make_model(cfg)
   tx = make_optimizer(cfg.optim, cfg.data.batch_size, cfg.train.total_steps)
-  builder = StateBuilder(model, tx, mesh, tuple(cfg.get("sharding_rules", DEFAULT_RULES)))
+  builder = StateBuilder.from_config(cfg, tx, mesh, tuple(cfg.get("sharding_rules", DEFAULT_RULES)))
   train_step = make_train_step(builder, cfg)
   state = builder.init()
   sim = SceneSimulator(256, cfg.data.tile_size, sensors=tuple(cfg.data.sensors),

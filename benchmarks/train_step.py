@@ -54,7 +54,6 @@ def main(argv=None):
   from ringmoe_jax.parallel.sharding import rules_for
   from ringmoe_jax.tools.aot import example_batch
   from ringmoe_jax.tools.inspect import forward_flops_per_tile
-  from ringmoe_jax.train.model import make_model
   from ringmoe_jax.train.optim import make_optimizer
   from ringmoe_jax.train.state import StateBuilder
   from ringmoe_jax.train.step import make_train_step
@@ -64,8 +63,8 @@ def main(argv=None):
   c.data.batch_size = args.batch
   c.remat.policy = args.remat
   mesh = make_mesh(c.mesh, jax.devices()[:1])
-  builder = StateBuilder(make_model(c), make_optimizer(c.optim, args.batch, 1000), mesh,
-                         rules_for(c))
+  builder = StateBuilder.from_config(c, make_optimizer(c.optim, args.batch, 1000), mesh,
+                                     rules_for(c))
   state = builder.init()
   ex = example_batch(c)
   reps = -(-args.batch // len(ex["modality"]))

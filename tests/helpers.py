@@ -1,6 +1,8 @@
 """Shared test fixtures: a micro config that builds and steps in seconds on 8 fake devices."""
 from __future__ import annotations
 
+import numpy as np
+
 from ringmoe_jax.config.load import load_config
 
 
@@ -11,7 +13,8 @@ def micro_config(**overrides):
                  window_size=4, cpb_hidden=16)
   c.mim.mask_cell = 8
   c.data.update(num_tiles=256, tile_size=40, batch_size=8)
-  c.optim.update(base_lr=2e-3, base_batch=8, warmup_steps=2)
+  # A fixed schedule: tests with different total_steps share one compiled step.
+  c.optim.update(base_lr=2e-3, base_batch=8, warmup_steps=2, schedule_steps=12)
   c.train.update(total_steps=6, log_every=2, checkpoint_every=3, async_checkpoint=False)
   for k, v in overrides.items():
     node = c
@@ -20,3 +23,16 @@ def micro_config(**overrides):
       node = node[p]
     node[last] = v
   return c
+
+
+def assert_close_to_reference(actual, desired, rtol: float = 1e-5, err_msg: str = "") -> None:
+  """Elementwise rtol, plus an absolute slack of rtol / 10 of the reference's largest magnitude.
+
+  A sharded program sums partial results in another order than one device; an element that is
+  a small difference of large sums (a gradient entry, say) then differs by ~1e-7 of those sums,
+  which a purely relative test would flag, while an error on any sizeable element still fails.
+  """
+  desired = np.asarray(desired)
+  scale = float(np.max(np.abs(desired))) if desired.size else 0.0
+  np.testing.assert_allclose(actual, desired, rtol=rtol, atol=0.1 * rtol * scale,
+                             err_msg=err_msg)

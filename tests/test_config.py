@@ -42,6 +42,7 @@ def test_variant_args_and_unknown_arg():
     ("mim.mask_ratio", 1.5, r"mim.mask_ratio=1.5"),
     ("mim.mask_cell", 6, r"mim.mask_cell=6 px must be a multiple of model.patch_size=4"),
     ("model.num_heads", (3, 4, 8, 16), r"model.num_heads\[0\]=3 does not divide"),
+    ("optim.schedule_steps", -1, r"optim.schedule_steps=-1 must be >= 0"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
   c = load_config("pretrain_tiny")
@@ -75,3 +76,13 @@ def test_main_rejects_invalid_override_before_compiling(tmp_path):
   assert r.returncode != 0
   assert "moe.top_k=9 is larger than moe.num_special=4" in r.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_schedule_steps_fixes_the_learning_rate_schedule_whatever_total_steps():
+  from ringmoe_jax.train.optim import learning_rate  # pylint: disable=import-outside-toplevel
+  c = load_config("pretrain_tiny")
+  c.optim.update(warmup_steps=2, schedule_steps=0)
+  lr = lambda total: [float(learning_rate(c.optim, 32, total)(s)) for s in range(12)]
+  assert lr(12) != lr(40)  # the default follows train.total_steps
+  c.optim.schedule_steps = 12
+  assert lr(12) == lr(40) and lr(40)[2] > lr(40)[11] > 0

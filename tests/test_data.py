@@ -296,3 +296,35 @@ def test_random_resized_crop_box_area():
     top, left, h, w = augment.random_resized_crop_box(rng, 64, 64)
     assert 0 <= top and top + h <= 64 and 0 <= left and left + w <= 64
     assert 0.17 < h * w / 64 ** 2 < 0.55
+
+
+class _PairsOfOneTile:
+  """co_registered=2: records 2g and 2g+1 are the same optical tile (a distinct gradient per
+  group), so co-registered crops must come out equal, pixel for pixel."""
+  co_registered = 2
+
+  def __init__(self, groups: int = 8, size: int = 48):
+    self._groups, self._size = groups, size
+
+  def __len__(self):
+    return 2 * self._groups
+
+  def __getitem__(self, i):
+    g = i // 2
+    yy, xx = np.mgrid[0:self._size, 0:self._size].astype(np.float32)
+    pix = np.stack([100 + yy * (g + 1), 100 + xx * 3, 100 + yy + xx], -1)  # 3 bands, DN
+    return {"sensor": "gaofen2_pms", "pixels": pix,  # the optical sensor has 3 bands
+            "valid": np.ones((self._size, self._size), bool), "group": f"g{g}"}
+
+
+def test_co_registered_tiles_share_their_crop_and_flip():
+  it = pipeline.make_iterator(_dataset(_PairsOfOneTile(), batch_size=8))
+  batches = _take(it, 4)
+  it.close()
+  crops = set()
+  for b in batches:
+    for j in range(0, 8, 2):
+      assert b["group"][j] == b["group"][j + 1]
+      np.testing.assert_array_equal(b["raw"][j], b["raw"][j + 1])  # same box, same flip
+      crops.add(b["raw"][j].tobytes())
+  assert len(crops) == 16  # every group visit draws its own crop (8 groups, each seen twice)

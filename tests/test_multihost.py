@@ -25,7 +25,9 @@ def _config():
 
 
 def _worker(workdir: str, port: int, pid: int) -> None:
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  sys.path.insert(0, HERE)
+  from xla_flags import with_devices  # pylint: disable=import-outside-toplevel
+  os.environ["XLA_FLAGS"] = with_devices(4)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_num_cpu_devices", 4)

@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import micro_config
+from helpers import assert_close_to_reference, micro_config
 from ringmoe_jax.config.load import load_config
 from ringmoe_jax.parallel import inspect_sharding
 from ringmoe_jax.parallel.mesh import make_mesh
 from ringmoe_jax.parallel.sharding import PRESETS, batch_sharding
-from ringmoe_jax.train.model import abstract_model, make_model
+from ringmoe_jax.train.model import abstract_model
 from ringmoe_jax.train.optim import make_optimizer
 from ringmoe_jax.train.state import StateBuilder
 from ringmoe_jax.train.step import make_train_step
@@ -53,9 +53,8 @@ MESHES = {"data8": dict(data=8, fsdp=1, expert=1, tensor=1),
 def _one_step(config, mesh_cfg, devices):
   config.mesh.update(mesh_cfg)
   mesh = make_mesh(config.mesh, devices)
-  model = make_model(config)
-  builder = StateBuilder(model, make_optimizer(config.optim, 8, 10), mesh,
-                         PRESETS["fsdp_expert_tensor"])
+  builder = StateBuilder.from_config(config, make_optimizer(config.optim, 8, 10), mesh,
+                                     PRESETS["fsdp_expert_tensor"])
   state = builder.init()
   rng = np.random.default_rng(0)
   batch = {"pixels": rng.normal(size=(8, 32, 32, 8)).astype(np.float32),
@@ -77,5 +76,14 @@ def test_training_step_on_every_mesh_equals_single_device():
     got = _one_step(micro_config(**{"moe.dispatcher": "capacity"}), mesh_cfg, jax.devices())
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-5, err_msg=name)
     np.testing.assert_allclose(got[2], ref[2], rtol=1e-5, err_msg=name)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7,
-                                                         err_msg=name), got[0], ref[0])
+    jax.tree.map(lambda a, b: assert_close_to_reference(a, b, err_msg=name), got[0], ref[0])
+
+
+def test_a_shapes_only_builder_refuses_to_init():
+  config = micro_config()
+  mesh = make_mesh(config.mesh)
+  builder = StateBuilder(abstract_model(config), make_optimizer(config.optim, 8, 10), mesh,
+                         PRESETS["dp"])
+  assert builder.abstract["params"]  # shapes and shardings are there ...
+  with pytest.raises(ValueError, match="needs the builder's `create`"):
+    builder.init()  # ... but nothing to build the parameters from

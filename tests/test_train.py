@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import micro_config
+from xla_flags import with_devices
 from ringmoe_jax.tools import routing_report
 from ringmoe_jax.train import trainer
 
@@ -109,8 +110,9 @@ def test_sigterm_saves_and_a_rerun_resumes(tmp_path):
          "--config.model.depths=(1,1,1,1)", "--config.model.num_heads=(1,2,2,4)",
          "--config.mim.mask_cell=8", "--config.data.tile_size=40", "--config.data.batch_size=8",
          "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
+         "--config.optim.schedule_steps=400",  # the rerun below compiles the same step
          "--config.train.total_steps=400"]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": with_devices(1), "JAX_PLATFORMS": "cpu"}
   p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, env=env)
   lines = []

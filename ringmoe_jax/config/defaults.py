@@ -77,7 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=2.5e-4, base_batch=512,  # lr = base_lr * batch_size / base_batch
       min_lr=5e-7, warmup_steps=10_000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
-      grad_clip=5.0))
+      grad_clip=5.0,
+      # Length of the warmup-cosine schedule; 0: train.total_steps. Fix it to keep the
+      # schedule (and the compiled step) unchanged when a run is extended with a larger
+      # total_steps.
+      schedule_steps=0))
 
   # route_per_shard: MoE routing groups = batch shards over (data, fsdp) (capacity per shard,
   # no global dispatch gather); False: one routing over the global batch (models/swin.py).

@@ -95,6 +95,8 @@ def validate(c) -> None:
          f"model.img_size={m.img_size}")
   _check(c.train.total_steps >= 1, f"train.total_steps={c.train.total_steps} must be >= 1")
   _check(c.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+  sched = int(c.optim.get("schedule_steps", 0))
+  _check(sched >= 0, f"optim.schedule_steps={sched} must be >= 0 (0: train.total_steps)")
   for ax in ("data", "fsdp", "expert", "tensor"):
     _check(c.mesh[ax] == -1 or c.mesh[ax] >= 1, f"mesh.{ax}={c.mesh[ax]} must be -1 or >= 1")
 

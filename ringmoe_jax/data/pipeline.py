@@ -82,6 +82,8 @@ class ValidateAndNormalize(grain.transforms.Map):
            "index": int(element.get("index", -1)),
            "nonfinite_pixels": stats["nonfinite_pixels"],
            "group": element.get("group"), "label": int(element.get("label_class", -1))}
+    if "group_draw" in element:
+      out["group_draw"] = element["group_draw"]
     if "clean" in element:
       out["clean"] = np.where(valid[..., None], np.asarray(element["clean"], np.float32), 0)
     return out
@@ -119,16 +121,22 @@ class RandomCropFlip(grain.transforms.RandomMap):
   """Random resized crop of `scale` of the area to (size, size), then a horizontal flip (p=0.5).
 
   Resampling is bilinear for optical/MS and nearest for SAR (see `augment.INTERPOLATION`).
+  The tiles of one co-registered group visit (records carrying "group_draw", see
+  `_GroupRecords`) share one crop box and flip, drawn from (group_seed, group_draw): they stay
+  co-registered, so the contrastive term's positives show the same ground.
   """
 
   def __init__(self, registry: SensorRegistry, size: int, scale: tuple[float, float] = (0.2, 0.5),
-               interpolation: Mapping[str, str] | None = None):
+               interpolation: Mapping[str, str] | None = None, group_seed: int = 0):
     self._registry = registry
     self._size = size
     self._scale = tuple(scale)
     self._interpolation = dict(augment_lib.INTERPOLATION, **(interpolation or {}))
+    self._group_seed = int(group_seed)
 
   def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    if "group_draw" in element:
+      rng = np.random.default_rng((self._group_seed, int(element["group_draw"])))
     modality = self._registry.get(element["sensor"]).modality
     h, w = element["valid"].shape
     box = augment_lib.random_resized_crop_box(rng, h, w, scale=self._scale)
@@ -195,7 +203,11 @@ def _check_shard(shard_index: int, shard_count: int) -> None:
 
 
 class _GroupRecords:
-  """Records of shuffled groups: element i = source[k * groups[i // k] + i % k] (infinite)."""
+  """Records of shuffled groups: element i = source[k * groups[i // k] + i % k] (infinite).
+
+  Each record also carries "group_draw" = i // k, the group's visit number in this stream, so
+  that its k tiles can share random augmentation draws (`RandomCropFlip`).
+  """
 
   def __init__(self, source, groups: grain.MapDataset, k: int):
     self._source, self._groups, self._k = source, groups, k
@@ -204,7 +216,8 @@ class _GroupRecords:
     return sys.maxsize
 
   def __getitem__(self, i: int):
-    return self._source[self._k * int(self._groups[i // self._k]) + i % self._k]
+    record = self._source[self._k * int(self._groups[i // self._k]) + i % self._k]
+    return {**record, "group_draw": i // self._k}
 
 
 def _shard_shuffle_repeat(source, seed: int, shuffle: bool, shard_index: int,
@@ -270,7 +283,8 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
     ds = _shard_shuffle_repeat(source, seed, shuffle, shard_index, shard_count, k)
   ds = ds.map(ValidateAndNormalize(registry, min_tile_size))
   if augment:
-    ds = ds.random_map(RandomCropFlip(registry, crop_size, crop_scale, interpolation))
+    ds = ds.random_map(RandomCropFlip(registry, crop_size, crop_scale, interpolation,
+                                      group_seed=seed * 65_537 + shard_index))
   else:
     ds = ds.map(CenterCrop(crop_size))
   ds = ds.map(ToExample(registry, max_channels, keep_index))

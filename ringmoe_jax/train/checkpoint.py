@@ -9,7 +9,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+
+def _no_replica_parallel_on_cpu() -> None:
+  """On CPU, save each replicated array from one device instead of a slice per replica.
+
+  Replica-parallel saving (Orbax's default) splits a replicated array into one eager slice per
+  device so that accelerators write in parallel. CPU devices share the host's memory, so this
+  buys nothing, and every (shape, device) pair compiles its own slice: ~40 s of compiles per
+  fresh process for the micro model on 8 fake devices.
+  """
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
 class Checkpointer:
@@ -17,6 +31,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    _no_replica_parallel_on_cpu()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

@@ -14,7 +14,11 @@ _NO_DECAY_NAMES = ("mask_token", "cpb", "logit_scale")
 
 
 def learning_rate(optim_cfg, batch_size: int, total_steps: int) -> optax.Schedule:
-  """Warmup (linear from 0) then cosine to min_lr; peak = base_lr * batch / base_batch."""
+  """Warmup (linear from 0) then cosine to min_lr; peak = base_lr * batch / base_batch.
+
+  The schedule spans optim.schedule_steps steps, or total_steps where that is 0.
+  """
+  total_steps = int(optim_cfg.get("schedule_steps", 0) or total_steps)
   peak = optim_cfg.base_lr * batch_size / optim_cfg.base_batch
   warmup = min(int(optim_cfg.warmup_steps), max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(

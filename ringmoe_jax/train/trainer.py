@@ -35,7 +35,7 @@ from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.sensors.registry import default_registry
 from ringmoe_jax.train.checkpoint import Checkpointer
 from ringmoe_jax.train.metrics_log import MetricWriter
-from ringmoe_jax.train.model import count_params, make_model
+from ringmoe_jax.train.model import count_params
 from ringmoe_jax.train.optim import make_optimizer
 from ringmoe_jax.train.state import StateBuilder
 from ringmoe_jax.train.step import make_train_step
@@ -146,11 +146,10 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
 
   # Model, optimizer, state on the mesh.
   total = config.train.total_steps
-  model = make_model(config)
   tx = make_optimizer(config.optim, config.data.batch_size, total)
-  builder = StateBuilder(model, tx, mesh, rules)
+  builder = StateBuilder.from_config(config, tx, mesh, rules)  # init() creates the params
   train_step = make_train_step(builder, config)
-  logging.info("parameters: %d", count_params(model))
+  logging.info("parameters: %d", count_params(builder.model))
 
   # Checkpoint / resume.
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -163,7 +162,6 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
     print(f"resumed from step {int(state['step'])}", flush=True)
   else:
     state = builder.init()
-  del model  # the state holds the parameters now
 
   meta = {"config": json.loads(config.to_json_best_effort()),
           "sensors": json.loads(registry.to_json()),
