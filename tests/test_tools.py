@@ -1,6 +1,6 @@
 """tools.inspect counts the paper's model without allocating it; tools.aot compiles the real
 train step for a fake mesh and reports per-device memory (on the micro config here: the 14.7B
-run's numbers are in launch/README.md)."""
+run's numbers are in launch/README.md); tools.linear_probe's probe and SAR-L2 denoising ratio."""
 import jax
 import numpy as np
 
@@ -42,3 +42,42 @@ def test_aot_compiles_the_train_step_on_a_sharded_mesh():
   assert r["compile_seconds"] > 0 and m["argument"] > 0 and m["temp"] > 0
   assert m["total"] == m["argument"] + m["output"] + m["temp"] - m["alias"]
   assert r["involuntary_remat_warnings"] == r["xla_log"].count(aot.REMAT_WARNING)
+
+
+def test_local_mean_reference_closed_forms():
+  from ringmoe_jax.tools.linear_probe import local_mean  # pylint: disable=import-outside-toplevel
+  obs = np.full((1, 12, 12, 1), 2.0)
+  seen = np.ones_like(obs, bool)
+  seen[:, 4:8, 4:8] = False  # a masked hole: the box average of the seen ring is still 2
+  np.testing.assert_allclose(local_mean(obs, seen, 5), 2.0)
+  obs[:, :, 6:] = 5.0  # right half brighter, and unseen: far boxes fall back to the tile mean
+  seen = np.zeros_like(obs, bool)
+  seen[:, :, :3] = True
+  ref = local_mean(obs, seen, 3)
+  np.testing.assert_allclose(ref[0, :, :3, 0], 2.0)
+  np.testing.assert_allclose(ref[0, :, 8:, 0], 2.0)  # no seen pixel within 1 px: tile mean
+
+
+def test_logistic_regression_separates_separable_classes():
+  from ringmoe_jax.tools.linear_probe import logistic_regression  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 3, 120)
+  x = rng.normal(size=(120, 5)) * 0.3
+  x[np.arange(120), y] += 3.0  # class c is bright in feature c
+  pred = logistic_regression(x[:60], y[:60], x[60:], 3, steps=200)
+  assert np.mean(pred == y[60:]) == 1.0
+
+
+def test_probe_and_sar_l2_ratio_on_an_untrained_micro_model():
+  from ringmoe_jax.tools import linear_probe as lp  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.model import make_model  # pylint: disable=import-outside-toplevel
+  config = micro_config()
+  model = make_model(config)
+  batches = lp.probe_batches(config, 96, batch_size=48)
+  probe = lp.linear_probe(model, batches)
+  accs = [v["accuracy"] for k, v in probe.items() if k != "mean_accuracy"]
+  assert accs and all(0.0 <= a <= 1.0 for a in accs)
+  r = lp.sar_l2_denoise_ratio(model, config, batches)
+  assert r["pixels"] > 0 and np.isfinite(r["ratio"]) and r["ratio"] > 0
+  # Context averaging cannot reach the speckled observation at masked pixels of these scenes.
+  assert 1.0 < r["local_mean_ratio"] < 10.0

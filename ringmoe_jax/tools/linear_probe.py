@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy import ndimage
 from flax import nnx
 
 from ringmoe_jax.data import pipeline as pipeline_lib
@@ -143,7 +144,11 @@ def linear_probe(model, batches) -> dict[str, Any]:
 
 
 def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, float]:
-  """See the module docstring; over the SAR-L2 tiles of `batches`."""
+  """See the module docstring; over the SAR-L2 tiles of `batches`.
+
+  Also reports `local_mean_ratio`, the same ratio for `local_mean` (a box average of the seen
+  pixels around each masked pixel): how far plain context averaging gets on these scenes.
+  """
   m = MODALITIES.index("sar_l2")
   kind = model.target_kinds[m]
   c = int(config.model.in_channels["sar_l2"])
@@ -159,7 +164,8 @@ def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, 
     pred, _, _ = model.forward(batch, mask, train=False)
     return pred[..., :c], jnp.repeat(jnp.repeat(mask, p, 1), p, 2)
 
-  err_pred = err_in = n = 0.0
+  err_pred = err_in = err_ref = n = 0.0
+  window = obj.mask_cell_px + 1  # reaches into the seen pixels around a masked cell
   for i, b in enumerate(batches):
     keep = b["modality"] == m
     if not keep.any():
@@ -187,11 +193,25 @@ def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, 
     log_clean = np.log(np.where(w, clean, 1.0))
     err_pred += np.sum(np.abs(log_pred - log_clean)[w])
     err_in += np.sum(np.abs(np.log(np.where(w, obs, 1.0)) - log_clean)[w])
+    seen = (~mask & (b["valid"] > 0))[..., None] & (obs > 0)
+    err_ref += np.sum(np.abs(np.log(local_mean(obs, seen, window)) - log_clean)[w])
     n += np.sum(w)
   if n == 0:
     return {"pixels": 0.0, "ratio": float("nan")}
   return {"pixels": float(n), "pred_log_error": err_pred / n, "input_log_error": err_in / n,
-          "ratio": err_pred / err_in}
+          "ratio": err_pred / err_in, "local_mean_ratio": err_ref / err_in,
+          "local_mean_window": window}
+
+
+def local_mean(obs: np.ndarray, seen: np.ndarray, window: int) -> np.ndarray:
+  """A non-learned inpainting reference: at every pixel, the mean observed intensity of the
+  seen (unmasked, valid) pixels in a window x window box, or of the whole tile where the box
+  holds none. obs, seen: (B, H, W, C) -> (B, H, W, C), > 0 wherever the tile has data."""
+  box = lambda x: ndimage.uniform_filter(x, size=(1, window, window, 1), mode="constant")
+  num, den = box(np.where(seen, obs, 0.0)), box(seen.astype(np.float64))
+  tile = (np.sum(np.where(seen, obs, 0.0), axis=(1, 2), keepdims=True)
+          / np.maximum(np.sum(seen, axis=(1, 2), keepdims=True), 1))
+  return np.where(den > 1e-6, num / np.maximum(den, 1e-6), np.maximum(tile, 1e-12))
 
 
 def evaluate(config, workdir: str, *, num_tiles: int = 1024) -> dict[str, Any]:
