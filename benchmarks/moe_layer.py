@@ -1,6 +1,6 @@
 """Forward+backward time of the MoE layer vs a dense FFN with the same active FLOPs per token.
 
-  python benchmarks/moe_layer.py        # single CPU device, float32, ~5 minutes
+  python benchmarks/moe_layer.py        # single CPU device, float32, ~6 minutes
 
 Sizes (issue 3): T=16384 tokens, d=512, hidden 2048, top-1.
   router-N: one router group over N experts (collaborative-style, no special/shared experts):
@@ -15,6 +15,10 @@ memory traffic of the weight gradient, which no kernel avoids (the layer also re
 second time, in the forward pass, so the real floor is a little higher). On this machine it is
 dominated by the page faults of the freshly allocated output (~0.35 s for the 537 MB of 64
 experts); floor-e64 - floor-e4 estimates how close e64/e4 can get to 1.
+Timing: every variant is timed round-robin (best of ROUNDS); the variants behind the headline
+(dense, and the capacity and blocked dispatchers at 4, 16 and 64 experts) then get more
+round-robin rounds, best of HEADLINE_ROUNDS in all, so that their measurements alternate
+(e4, e64, e4, ...) and a burst of load from other processes hits both sides of each ratio alike.
 ragged_dot is timed once and at 4 experts only: on CPU it is ~24x slower and XLA:CPU lowers it
 through an (E, N, hidden) intermediate (3.4 GB of temporaries at E=4, ~40 GB at E=64).
 """
@@ -34,6 +38,7 @@ from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig  # noqa: E402
 
 T, D, F = 16384, 512, 2048
 ROUNDS = 3
+HEADLINE_ROUNDS = 8  # dense, router-{4,16,64} capacity/blocked: the ratios the headline reports
 DISPATCHERS = ("capacity", "dropless_blocked", "dropless_ragged")
 
 
@@ -65,7 +70,8 @@ def _dense_thunk(hidden, x, ct):
 
 def main():
   print(f"backend={jax.default_backend()} devices={len(jax.devices())} T={T} d={D} hidden={F} "
-        "float32 fwd+bwd, best of", ROUNDS)
+        f"float32 fwd+bwd, best of {ROUNDS} ({HEADLINE_ROUNDS} for the headline variants, "
+        "interleaved)")
   ceiling = matmul_gflops()
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.normal(keys[0], (T, D), jnp.float32)
@@ -89,8 +95,10 @@ def main():
   for e in (4, 64):
     w = jnp.zeros((2, e, D, F), jnp.float32)  # w1 and w2 together
     thunks[f"floor-e{e}"] = compiled(lambda w: jnp.zeros_like(w) + w, w)
-  slow = {n: 1 for n in thunks if "ragged" in n}
-  times = best_of(thunks, ROUNDS, rounds_for=slow)
+  rounds_for = {n: 1 for n in thunks if "ragged" in n}
+  rounds_for.update({n: HEADLINE_ROUNDS for n in thunks if n == "dense" or (
+      n.split("/")[0] in ("router-4", "router-16", "router-64") and "ragged" not in n)})
+  times = best_of(thunks, ROUNDS, rounds_for=rounds_for)
 
   print(f"matmul ceiling: {ceiling:.0f} GFLOP/s")
   print(f"{'variant':34s} {'time s':>8s} {'vs dense':>9s} {'GFLOP/s':>8s} {'% ceiling':>9s}")
