@@ -46,11 +46,12 @@ def test_dropless_equals_loop_over_experts(kernel):
   weights = _weights(keys[2], e, d, f)
   # Small blocks so that experts span several block sizes and one block overhangs the next.
   run = lambda x, w: dispatch.dropless(x, dec, w, kernel=kernel, block_levels=(8, 4, 2))
-  np.testing.assert_allclose(run(x, weights), _loop_reference(x, dec, weights),
+  np.testing.assert_allclose(jax.jit(run)(x, weights), _loop_reference(x, dec, weights),
                              rtol=1e-5, atol=1e-5)
   loss = lambda fn: lambda x, w: jnp.sum(jnp.sin(fn(x, w)))
-  g = jax.grad(loss(run), argnums=(0, 1))(x, weights)
-  g_ref = jax.grad(loss(lambda x, w: _loop_reference(x, dec, w)), argnums=(0, 1))(x, weights)
+  g = jax.jit(jax.grad(loss(run), argnums=(0, 1)))(x, weights)
+  g_ref = jax.jit(jax.grad(loss(lambda x, w: _loop_reference(x, dec, w)),
+                           argnums=(0, 1)))(x, weights)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -74,6 +75,13 @@ def _layer(dispatcher, **cfg):
     return HierarchicalMoE(8, 16, cfg, rngs=nnx.Rngs(0))
 
 
+@nnx.jit
+def _call(layer, x, mod, valid=None):
+  """layer(x, mod, valid, train=True), compiled once per layer config: eagerly, every op of the
+  routing and dispatch would compile on its own (~10x the time on the 2-core CI machine)."""
+  return layer(x, mod, valid, train=True)
+
+
 def _inputs(t=32, d=8):
   x = jax.random.normal(jax.random.PRNGKey(3), (t, d))
   return x, jnp.arange(t) % 2, jnp.arange(t) % 5 != 4
@@ -84,7 +92,7 @@ def test_all_dispatchers_agree_when_capacity_is_ample():
   outs = {}
   for name in ALL:
     layer = _layer(name, top_k=2, capacity_factor=10.0)
-    y, aux = layer(x, mod, valid, train=True)
+    y, aux = _call(layer, x, mod, valid)
     assert int(aux["special"]["num_dropped"]) == 0 and int(aux["collab"]["num_dropped"]) == 0
     outs[name] = (y, aux)
   for name in DROPLESS:
@@ -101,7 +109,7 @@ def test_small_capacity_drops_hand_computed():
   layer = _layer("capacity", top_k=1, capacity_factor=0.5, min_capacity=1)
   layer.collab_router.kernel[...] = jnp.zeros((1, 8, 3)).at[0, :, 1].set(1.0)
   layer.special_router.kernel[...] = jnp.zeros((2, 8, 2)).at[:, :, 0].set(1.0)
-  _, aux = layer(x, mod, train=True)
+  _, aux = _call(layer, x, mod)
   # collab: C = ceil(0.5 * 32 / 3) = 6, all 32 tokens choose expert 1: 26 dropped.
   np.testing.assert_array_equal(aux["collab"]["tokens_per_expert"], [0, 32, 0])
   assert int(aux["collab"]["num_dropped"]) == 32 - 6
@@ -112,7 +120,7 @@ def test_small_capacity_drops_hand_computed():
   for name in DROPLESS:
     dl = _layer(name, top_k=1)
     dl.collab_router.kernel[...] = layer.collab_router.kernel[...]
-    _, aux = dl(x, mod, train=True)
+    _, aux = _call(dl, x, mod)
     assert int(aux["collab"]["num_dropped"]) == 0
     np.testing.assert_array_equal(aux["collab"]["tokens_per_expert"], [0, 32, 0])
 
@@ -126,11 +134,11 @@ def test_token_reaches_only_its_modalitys_experts(name):
   x = jnp.abs(x) + 0.1
   layer.special_router.kernel[...] = (jnp.zeros((2, 8, 2)).at[0, :, 1].set(1.0)
                                       .at[1, :, 0].set(1.0).at[1, :, 1].set(-100.0))
-  y, aux = layer(x, mod, train=True)
+  y, aux = _call(layer, x, mod)
   np.testing.assert_array_equal(aux["special"]["tokens_per_expert"], [0, 16, 16, 0])
   # Breaking modality 1's experts changes modality-1 tokens only.
   layer.special.w2[...] = layer.special.w2[...].at[2:].multiply(3.0)
-  y2, _ = layer(x, mod, train=True)
+  y2, _ = _call(layer, x, mod)
   changed = np.asarray(jnp.any(jnp.abs(y2 - y) > 1e-6, axis=1))
   np.testing.assert_array_equal(changed, np.asarray(mod) == 1)
 
@@ -145,7 +153,7 @@ def test_router_and_experts_get_gradient(name):
     y, aux = nnx.merge(graphdef, p, rest)(x, mod, valid, train=True)
     return jnp.sum(y ** 2) + aux["balance_loss"]
 
-  g = jax.grad(loss)(params)
+  g = jax.jit(jax.grad(loss))(params)
   for path in (("special_router", "kernel"), ("collab_router", "kernel"), ("special", "w1"),
                ("collab", "w2"), ("shared", "b1")):
     leaf = g[path[0]][path[1]][...]
