@@ -31,20 +31,17 @@ def batch_spec(example: dict[str, Any], batch_size: int) -> dict[str, jax.ShapeD
 def make_train_step(builder: StateBuilder, config, *, jit: bool = True):
   """Returns step(state, batch) -> (state, metrics), jitted with donated state."""
   base_key = jax.random.PRNGKey(config.seed)
-  inject = tuple(int(s) for s in config.train.get("inject_nonfinite_steps", ()))
 
-  def loss_fn(params, batch, key, step):
+  def loss_fn(params, batch, key):
     model = builder.merge(params)
     loss, aux = simmim_loss(model, batch, key, config, train=True)
-    if inject:  # test hook: a NaN loss (and NaN gradients) on the chosen steps
-      loss = loss * jnp.where(jnp.isin(step, jnp.asarray(inject)), jnp.nan, 1.0)
     return loss, aux
 
   def step(state: dict[str, Any], batch: dict[str, jax.Array]):
     # The mask depends only on (seed, step): a resumed run draws the same masks.
     key = jax.random.fold_in(base_key, state["step"])
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, key, state["step"])
+        state["params"], batch, key)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = builder.tx.update(grads, state["opt_state"], state["params"])

@@ -44,6 +44,13 @@ from ringmoe_jax.train.step import make_train_step
 EXIT_PREEMPTED = 42  # suggested exit status after a signal-triggered save (launch/ scripts)
 
 
+def poison_batch(batch: dict[str, Any]) -> dict[str, Any]:
+  """Fault injection (train.inject_nonfinite_steps): the batch with NaN pixels, as a corrupt
+  read past validation would give; the loss and gradients of its step come out NaN. Done on
+  the host, so the compiled step is the same as in a clean run."""
+  return {**batch, "pixels": np.full_like(batch["pixels"], np.nan)}
+
+
 class NonFiniteLossError(FloatingPointError):
   """Too many consecutive steps with a NaN/Inf loss or gradient."""
 
@@ -168,6 +175,7 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
           "modalities": list(MODALITIES)}
 
   max_bad = int(config.train.get("max_consecutive_nonfinite", 3))
+  inject = {int(s) for s in config.train.get("inject_nonfinite_steps", ())}
 
   def check_finite(streak: int, step_: int) -> None:
     if streak >= max_bad:
@@ -201,6 +209,8 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
         profiling = True
       local = next(data_iter)
+      if step in inject:
+        local = poison_batch(local)
       # Every key of the pipeline's batch, split over the batch axes of the mesh.
       batch = {k: jax.make_array_from_process_local_data(
                    batch_sharding(mesh, np.ndim(v)), np.asarray(v)) for k, v in local.items()}
