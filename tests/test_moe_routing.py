@@ -1,4 +1,6 @@
 """Routing policy: hand-written router logits against hand-computed decisions."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +16,19 @@ def _logits(probs):
   return jnp.log(jnp.asarray(probs, jnp.float32))[:, None, :]
 
 
+def _jit_route(**static):
+  """route_top_k(logits, group, valid) with the static routing options bound, compiled once:
+  eagerly, every op of the routing would compile on its own (slow on the 2-core CI machine)."""
+  return jax.jit(functools.partial(route_top_k, **static))
+
+
 def _route(probs, *, k=1, capacity=2, valid=None, **kw):
-  logits = _logits(probs)
-  t = logits.shape[0]
-  valid = jnp.ones((t,), bool) if valid is None else jnp.asarray(valid)
-  return route_top_k(logits, jnp.zeros((t,), jnp.int32), valid, num_groups=1, k=k,
-                     capacity=capacity, **kw)
+  t = len(probs)
+  valid = np.ones((t,), bool) if valid is None else np.asarray(valid)
+  route = _jit_route(num_groups=1, k=k, capacity=capacity, **kw)
+  # The logits (log of the probabilities) are computed inside the same compiled program.
+  return jax.jit(lambda p, g, v: route(_logits(p), g, v))(
+      np.asarray(probs, np.float32), np.zeros((t,), np.int32), valid)
 
 
 PROBS = [[0.6, 0.3, 0.1],   # t0 -> e0
@@ -96,17 +105,18 @@ def test_balance_and_z_loss_hand_computed():
   # log-probabilities as logits: logsumexp = log(sum p) = 0.
   np.testing.assert_allclose(m["z_loss"], 0.0, atol=1e-6)
   logits = jnp.asarray([[[1.0, 2.0]], [[0.0, 3.0]]])
-  _, _, m2 = route_top_k(logits, jnp.zeros((2,), jnp.int32), jnp.ones((2,), bool),
-                         num_groups=1, k=1, capacity=2)
+  _, _, m2 = _jit_route(num_groups=1, k=1, capacity=2)(
+      logits, jnp.zeros((2,), jnp.int32), jnp.ones((2,), bool))
   z = np.log(np.exp([1.0, 0.0]) + np.exp([2.0, 3.0]))
   np.testing.assert_allclose(m2["z_loss"], np.mean(z ** 2), rtol=1e-6)
 
 
 def test_balance_loss_averages_present_groups():
   # Two groups; group 1 has no tokens and must not count.
-  logits = jnp.log(jnp.asarray([[[0.7, 0.3], [0.5, 0.5]], [[0.2, 0.8], [0.5, 0.5]]]))
-  _, balance, _ = route_top_k(logits, jnp.zeros((2,), jnp.int32), jnp.ones((2,), bool),
-                              num_groups=2, k=1, capacity=2)
+  route = _jit_route(num_groups=2, k=1, capacity=2)
+  _, balance, _ = jax.jit(lambda p, g, v: route(jnp.log(p), g, v))(
+      np.asarray([[[0.7, 0.3], [0.5, 0.5]], [[0.2, 0.8], [0.5, 0.5]]], np.float32),
+      jnp.zeros((2,), jnp.int32), jnp.ones((2,), bool))
   np.testing.assert_allclose(balance, 2 * (0.5 * 0.45 + 0.5 * 0.55), rtol=1e-6)
 
 
@@ -115,7 +125,7 @@ def test_token_sees_only_its_groups_experts():
   t, g, eg = 6, 3, 2
   logits = jnp.zeros((t, g, eg)).at[:, 1, 0].set(50.0)
   group = jnp.asarray([0, 1, 2, 0, 1, 2])
-  d, _, _ = route_top_k(logits, group, jnp.ones((t,), bool), num_groups=g, k=1, capacity=4)
+  d, _, _ = _jit_route(num_groups=g, k=1, capacity=4)(logits, group, jnp.ones((t,), bool))
   e = np.asarray(d.expert_index[:, 0])
   np.testing.assert_array_equal(e // eg, group)
   np.testing.assert_array_equal(e[[1, 4]], [2, 2])
@@ -129,7 +139,7 @@ def test_combine_weights_carry_gradient():
                           num_groups=1, k=1, capacity=2)
     return jnp.sum(d.combine_weights)
 
-  g = jax.grad(total_gate)(logits)[:, 0]
+  g = jax.jit(jax.grad(total_gate))(logits)[:, 0]
   # d softmax_i / d logit_j = p_i (delta_ij - p_j) for the chosen i of every kept token.
   p = np.asarray(PROBS)
   expected = np.zeros_like(p)
@@ -140,16 +150,20 @@ def test_combine_weights_carry_gradient():
 
 def test_jitter_noise_bounds_and_layer_needs_key():
   x = jnp.ones((4, 3))
-  y = jitter(x, jax.random.PRNGKey(0), 0.1)
-  assert float(y.min()) >= 0.9 and float(y.max()) <= 1.1 and float(jnp.std(y)) > 0
-  with nnx.use_eager_sharding(False):
-    layer = HierarchicalMoE(8, 16, MoEConfig(jitter_noise=0.1), rngs=nnx.Rngs(0))
+  y = np.asarray(jax.jit(jitter, static_argnums=2)(x, jax.random.PRNGKey(0), 0.1))
+  assert float(y.min()) >= 0.9 and float(y.max()) <= 1.1 and float(np.std(y)) > 0
+  with nnx.use_eager_sharding(False):  # initialised in one compiled program, not op by op
+    layer = nnx.jit(lambda: HierarchicalMoE(8, 16, MoEConfig(jitter_noise=0.1),
+                                            rngs=nnx.Rngs(0)))()
   xs = jax.random.normal(jax.random.PRNGKey(1), (16, 8))
   mod = jnp.arange(16) % 4
+  # Each call compiled once (eagerly, every op of the layer would compile on its own).
+  train = nnx.jit(lambda l, x, m, key=None: l(x, m, train=True, key=key))
   with pytest.raises(ValueError, match="jitter"):
-    layer(xs, mod, train=True)
-  y1, _ = layer(xs, mod, train=True, key=jax.random.PRNGKey(2))
-  y0, _ = layer(xs, mod, train=False)  # evaluation: no noise, no key needed
+    train(layer, xs, mod)
+  y1, _ = train(layer, xs, mod, key=jax.random.PRNGKey(2))
+  # evaluation: no noise, no key needed
+  y0, _ = nnx.jit(lambda l, x, m: l(x, m, train=False))(layer, xs, mod)
   assert y1.shape == y0.shape
 
 
