@@ -1,4 +1,8 @@
-"""Cross-modal InfoNCE against a hand computation; missing modalities; empty cases."""
+"""Cross-modal InfoNCE against a hand computation; missing modalities; empty cases.
+
+Every computation under test runs under jax.jit: eagerly, each op compiles on its own, which on
+the 2-core CI machine with 8 fake devices costs far more than the test itself.
+"""
 import math
 
 import jax
@@ -10,7 +14,7 @@ from ringmoe_jax.objectives import contrastive
 
 
 def _finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+  return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
 
 
 def test_info_nce_equals_hand_computed_3x3():
@@ -29,49 +33,51 @@ def test_info_nce_equals_hand_computed_3x3():
   assert float(count) == 3
   assert float(got) == pytest.approx(want, rel=1e-6)
   # Scale of the embeddings does not matter (cosine similarity).
-  got2, _ = contrastive.info_nce(5 * z_a, 0.1 * z_b, t)
+  got2, _ = jax.jit(lambda a, b: contrastive.info_nce(5 * a, 0.1 * b, t))(z_a, z_b)
   assert float(got2) == pytest.approx(want, rel=1e-5)
 
 
 def test_info_nce_invalid_rows_are_neither_anchors_nor_negatives():
   rng = np.random.default_rng(0)
-  z_a = jnp.asarray(rng.normal(size=(5, 8)), jnp.float32)
-  z_b = jnp.asarray(rng.normal(size=(5, 8)), jnp.float32)
-  valid = jnp.asarray([True, False, True, True, False])
-  got, count = contrastive.info_nce(z_a, z_b, 0.1, valid)
-  keep = np.asarray(valid)
-  want, _ = contrastive.info_nce(z_a[keep], z_b[keep], 0.1)
+  z_a = rng.normal(size=(5, 8)).astype(np.float32)
+  z_b = rng.normal(size=(5, 8)).astype(np.float32)
+  valid = np.asarray([True, False, True, True, False])
+  nce = jax.jit(lambda a, b, v: contrastive.info_nce(a, b, 0.1, v))
+  got, count = nce(z_a, z_b, valid)
+  keep = valid
+  want, _ = nce(z_a[keep], z_b[keep], None)
   assert float(count) == 3 and float(got) == pytest.approx(float(want), rel=1e-6)
   # Whatever an excluded row holds (absent modality: garbage, even NaN) changes nothing.
-  bad_a, bad_b = z_a.at[1].set(jnp.nan), z_b.at[4].set(-7.0)
-  got_g, _ = contrastive.info_nce(bad_a, bad_b, 0.1, valid)
+  bad_a, bad_b = z_a.copy(), z_b.copy()
+  bad_a[1], bad_b[4] = np.nan, -7.0
+  got_g, _ = nce(bad_a, bad_b, valid)
   assert float(got_g) == pytest.approx(float(got), rel=1e-6)
-  g = jax.grad(lambda a: contrastive.info_nce(a, bad_b, 0.1, valid)[0])(bad_a)
-  assert _finite(g) and float(jnp.max(jnp.abs(g[1]))) == 0
+  g = jax.jit(jax.grad(lambda a: nce(a, bad_b, valid)[0]))(bad_a)
+  assert _finite(g) and float(np.max(np.abs(np.asarray(g)[1]))) == 0
 
 
 @pytest.mark.parametrize("valid", [[False, False, False], [True, False, False]])
 def test_info_nce_fewer_than_two_pairs_is_zero(valid):
-  z = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4)), jnp.float32)
+  z = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
   f = lambda a, b: contrastive.info_nce(a, b, 0.07, jnp.asarray(valid))
-  loss, count = f(z, z[::-1])
+  loss, count = jax.jit(f)(z, z[::-1])
   assert float(loss) == 0 and float(count) == 0
   g = jax.jit(jax.grad(lambda a, b: f(a, b)[0], argnums=(0, 1)))(z, z[::-1])
-  assert _finite(g) and all(float(jnp.max(jnp.abs(x))) == 0 for x in g)
+  assert _finite(g) and all(float(np.max(np.abs(np.asarray(x)))) == 0 for x in g)
 
 
 def test_info_nce_zero_embeddings_finite():
-  z = jnp.zeros((4, 3))
-  loss, count = contrastive.info_nce(z, z, 0.1)
+  z = np.zeros((4, 3), np.float32)
+  loss, count = jax.jit(lambda a, b: contrastive.info_nce(a, b, 0.1))(z, z)
   assert float(count) == 4 and float(loss) == pytest.approx(math.log(4), rel=1e-6)
-  g = jax.grad(lambda a: contrastive.info_nce(a, z, 0.1)[0])(z)
+  g = jax.jit(jax.grad(lambda a: contrastive.info_nce(a, z, 0.1)[0]))(z)
   assert _finite(g)
 
 
 def test_multi_modal_info_nce_with_missing_modalities():
   rng = np.random.default_rng(2)
   n, m, d = 6, 4, 8
-  emb = jnp.asarray(rng.normal(size=(n, m, d)), jnp.float32)
+  emb = rng.normal(size=(n, m, d)).astype(np.float32)  # numpy: the pair slices below are not ops
   present = np.ones((n, m), bool)
   present[0, 1] = present[2, 3] = present[5, 0] = False
   present[:, 2] = False
@@ -101,18 +107,20 @@ def test_multi_modal_info_nce_with_missing_modalities():
 
 
 def test_multi_modal_info_nce_nothing_present():
-  emb = jnp.ones((3, 2, 4))
+  emb = np.ones((3, 2, 4), np.float32)
   f = lambda e, lt: contrastive.multi_modal_info_nce(e, jnp.zeros((3, 2), bool), lt)
-  loss, pairs = f(emb, contrastive.init_log_temperature())
+  loss, pairs = jax.jit(f)(emb, contrastive.init_log_temperature())
   assert float(loss) == 0 and float(pairs) == 0
-  g = jax.grad(lambda e, lt: f(e, lt)[0], argnums=(0, 1))(emb, contrastive.init_log_temperature())
+  g = jax.jit(jax.grad(lambda e, lt: f(e, lt)[0], argnums=(0, 1)))(
+      emb, contrastive.init_log_temperature())
   assert _finite(g)
 
 
 def test_temperature_clipping():
-  assert float(contrastive.temperature_from_log(jnp.float32(10.0))) == pytest.approx(1.0)
-  assert float(contrastive.temperature_from_log(jnp.float32(-10.0))) == pytest.approx(0.01)
-  assert float(contrastive.temperature_from_log(contrastive.init_log_temperature())) == \
+  temperature = jax.jit(contrastive.temperature_from_log)
+  assert float(temperature(jnp.float32(10.0))) == pytest.approx(1.0)
+  assert float(temperature(jnp.float32(-10.0))) == pytest.approx(0.01)
+  assert float(temperature(contrastive.init_log_temperature())) == \
       pytest.approx(0.07, rel=1e-6)
-  g = jax.grad(contrastive.temperature_from_log)(jnp.float32(10.0))
+  g = jax.jit(jax.grad(contrastive.temperature_from_log))(jnp.float32(10.0))
   assert float(g) == 0  # clipped: no push further out
