@@ -1,5 +1,6 @@
 """Tests for ringmoe_jax.models.attention (SwinV2 window attention)."""
 
+import functools
 import math
 
 from flax import nnx
@@ -13,6 +14,13 @@ from ringmoe_jax.models import attention as A
 DIM, HEADS, WS, HW, CPB = 16, 2, 4, 8, 32
 
 
+@functools.partial(nnx.jit, static_argnums=(0, 1, 2))
+def _new_module(ws, seed, dtype):
+  """A.WindowAttentionV2, initialised in one compiled program instead of op by op."""
+  return A.WindowAttentionV2(DIM, HEADS, ws, cpb_hidden=CPB, dtype=dtype,
+                             rngs=nnx.Rngs(seed))
+
+
 def _make_module(ws=WS, seed=0, dtype=jnp.float32):
   """Module with every parameter drawn at O(1) scale.
 
@@ -20,8 +28,7 @@ def _make_module(ws=WS, seed=0, dtype=jnp.float32):
   would hide bugs: zero biases cannot be misplaced and a constant position
   bias cancels in softmax, so a wrong index would go unnoticed.
   """
-  m = A.WindowAttentionV2(DIM, HEADS, ws, cpb_hidden=CPB, dtype=dtype,
-                          rngs=nnx.Rngs(seed))
+  m = _new_module(ws, seed, dtype)
   rng = np.random.default_rng(seed)
   for path, var in nnx.to_flat_state(nnx.state(m, nnx.Param)):
     var[...] = jnp.asarray(0.5 * rng.standard_normal(var[...].shape),
@@ -29,6 +36,19 @@ def _make_module(ws=WS, seed=0, dtype=jnp.float32):
   # Distinct, in-range temperatures per head (10 and 20 < the clamp of 100).
   m.logit_scale[...] = jnp.log(jnp.array([10.0, 20.0])).reshape(HEADS, 1, 1)
   return m
+
+
+@functools.partial(nnx.jit, static_argnums=(2, 3))
+def _windowed(m, x, ws, shift):
+  """A.windowed_attention, compiled once per (module, shape, window, shift): eagerly, every op
+  would compile on its own (slow on the 2-core CI machine with 8 fake devices)."""
+  return A.windowed_attention(m, x, ws, shift)
+
+
+@nnx.jit
+def _apply(m, xw, mask=None):
+  """m(xw, mask), compiled."""
+  return m(xw, mask)
 
 
 def _x(b=2, hw=HW, seed=1):
@@ -208,7 +228,7 @@ def _naive_windowed_attention(m, x, ws, shift):
 def test_windowed_attention_matches_naive_reference(shift):
   m = _make_module()
   x = _x(b=2)
-  got = np.asarray(A.windowed_attention(m, x, WS, shift))
+  got = np.asarray(_windowed(m, x, WS, shift))
   want = _naive_windowed_attention(m, x, WS, shift)
   assert got.shape == x.shape
   assert np.abs(want).mean() > 0.1  # the comparison is not trivially small
@@ -217,26 +237,26 @@ def test_windowed_attention_matches_naive_reference(shift):
 
 def test_mask_changes_output():
   m = _make_module()
-  x = jnp.roll(_x(b=2), (-2, -2), axis=(1, 2))
+  x = np.roll(np.asarray(_x(b=2)), (-2, -2), axis=(1, 2))
   xw = A.window_partition(x, WS)
   mask = A.shifted_window_mask(HW, HW, WS, 2)
-  masked, unmasked = m(xw, mask), m(xw, None)
+  masked, unmasked = np.asarray(_apply(m, xw, mask)), np.asarray(_apply(m, xw, None))
   # Window 0 of each image has no masked pair; the others do.
   np.testing.assert_allclose(masked[0], unmasked[0], rtol=1e-6)
-  assert np.abs(np.asarray(masked - unmasked)).max() > 1e-2
+  assert np.abs(masked - unmasked).max() > 1e-2
 
 
 def test_logit_scale_is_clamped():
   m = _make_module()
-  xw = A.window_partition(_x(b=1), WS)
-  m.logit_scale[...] = jnp.full((HEADS, 1, 1), math.log(100.0))
-  at_clamp = m(xw)
-  m.logit_scale[...] = jnp.full((HEADS, 1, 1), 1e3)
-  huge = m(xw)
-  m.logit_scale[...] = jnp.full((HEADS, 1, 1), math.log(10.0))
-  below = m(xw)
+  xw = A.window_partition(np.asarray(_x(b=1)), WS)
+  m.logit_scale[...] = np.full((HEADS, 1, 1), math.log(100.0), np.float32)
+  at_clamp = np.asarray(_apply(m, xw))
+  m.logit_scale[...] = np.full((HEADS, 1, 1), 1e3, np.float32)
+  huge = np.asarray(_apply(m, xw))
+  m.logit_scale[...] = np.full((HEADS, 1, 1), math.log(10.0), np.float32)
+  below = np.asarray(_apply(m, xw))
   np.testing.assert_allclose(huge, at_clamp, rtol=1e-6)
-  assert np.abs(np.asarray(below - at_clamp)).max() > 1e-3
+  assert np.abs(below - at_clamp).max() > 1e-3
 
 
 def test_jit_and_finite():
@@ -254,7 +274,7 @@ def test_jit_and_finite():
 
 
 def test_state_holds_only_trainable_params():
-  m = A.WindowAttentionV2(DIM, HEADS, WS, cpb_hidden=CPB, rngs=nnx.Rngs(0))
+  m = _new_module(WS, 0, jnp.float32)  # the default init, compiled
   state = nnx.state(m)
   leaves = jax.tree.leaves(state, is_leaf=lambda v: isinstance(v, nnx.Variable))
   assert all(isinstance(v, nnx.Param) for v in leaves)
@@ -269,9 +289,9 @@ def test_bfloat16_compute():
   m = _make_module()
   mb = _make_module(dtype=jnp.bfloat16)
   x = _x(b=1)
-  y = A.windowed_attention(mb, x, WS, 2)
+  y = _windowed(mb, x, WS, 2)
   assert y.dtype == jnp.bfloat16
   assert mb.qkv.kernel[...].dtype == jnp.float32
-  y32 = A.windowed_attention(m, x, WS, 2)
+  y32 = _windowed(m, x, WS, 2)
   err = np.abs(np.asarray(y, np.float32) - np.asarray(y32)).max()
   assert err < 0.1 * np.abs(np.asarray(y32)).max()
