@@ -32,7 +32,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ringmoe_jax.models.swin import batch_constraint
 from ringmoe_jax.objectives import contrastive, masking, physics, pimask, sensor_tables, targets
 from ringmoe_jax.sensors.modalities import MODALITIES
 
@@ -230,12 +229,9 @@ class Objective:
     t = self.tables
     if not t.indices:
       return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
-    # Per-tile table rows, pinned to the batch axes: left alone, XLA may shard these small
-    # (B, I) lookups over `data` only and then replicate them to reach the batch layout of the
-    # pixels (an "Involuntary full rematerialization" at 512 devices).
-    ia = batch_constraint(sensor_tables.take_fill(t.index_a, sensor))  # (B, I)
-    ib = batch_constraint(sensor_tables.take_fill(t.index_b, sensor))
-    ok = batch_constraint(sensor_tables.take_fill(t.index_ok, sensor))  # (B, I), 0: unknown
+    ia = sensor_tables.take_fill(t.index_a, sensor)  # (B, I)
+    ib = sensor_tables.take_fill(t.index_b, sensor)
+    ok = sensor_tables.take_fill(t.index_ok, sensor)  # (B, I), 0 for unknown sensors
     # Negative predicted reflectance would let (a - b) / (a + b) blow up near a + b = 0; on
     # non-negative values |ND| <= 1. The L1 term pulls negatives back up.
     pred = jnp.maximum(pred, 0.0)
