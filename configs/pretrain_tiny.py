@@ -11,13 +11,15 @@ NDVI/NDWI consistency on ms; sar_l1 span (dB) + phase-invariant complex reconstr
 Gamma NLL of the speckled intensity (looks from the registry); InfoNCE between the modalities of
 co-registered groups (4 tiles per scene, kept together in batches).
 
-Measured (2-core CPU shared with other jobs, 2026-11; 300 steps took ~15 min at 0.3-0.5 steps/s;
-`benchmarks/physics_ablation.py --root=DIR --train` reproduces): total loss 7.96 -> 3.99 (mean of
-first vs last 30 steps); every physics term falls (opt 0.75 -> 0.32, ms 1.11 -> 0.52, sar_l1
-span 0.92 -> 0.78, sar_l2 Gamma NLL 1.76 -> 0.54, complex 1.64 -> 1.00, SAM 0.92 -> 0.30 rad,
-indices 0.61 -> 0.28) but the contrastive term stays at chance (2.17 -> 2.21). SAR-L2 masked-pixel
-log error vs the noise-free backscatter: 2.77x that of the speckled input (plain SimMIM: 2.03x).
-Linear probe (7 scene classes, 768 unseen tiles): mean 0.61 all terms vs 0.60 plain SimMIM. Variants (`--config=configs/pretrain_tiny.py:ARG`, comma-separated):
+Measured (2-core CPU shared with other jobs, 2026-11-29, commit 903f2da + contrastive weight 1;
+`benchmarks/physics_ablation.py --root=DIR --train` reproduces; mean of the first vs the last 30
+of 300 steps): total loss 9.84 -> 5.51; every term falls: opt 0.75 -> 0.37, ms 1.11 -> 0.53,
+sar_l1 span 0.92 -> 0.77, sar_l2 Gamma NLL 1.71 -> 0.55, complex 1.65 -> 1.01, SAM 0.93 -> 0.31
+rad, indices 0.61 -> 0.29, contrastive InfoNCE 2.14 -> 1.67 (chance: ln 8 = 2.08). Linear probe
+(7 scene classes, unseen tiles): mean 0.70 (see README for plain SimMIM). SAR-L2 masked-pixel
+log error vs the noise-free backscatter: 2.79x that of the speckled input (a box average of the
+seen pixels around each masked cell: 2.25x; README explains).
+Variants (`--config=configs/pretrain_tiny.py:ARG`, comma-separated):
   steps=N          total steps (default 300)
   batch=N          global batch (default 32; a multiple of the group size 4)
   dense            num_special=num_collab=0 (shared FFN only): the dense baseline
@@ -33,7 +35,7 @@ Any field can be overridden too, e.g. `--config.moe.top_k=2 --config.train.total
 Choices the paper does not fix at this size: 64 px crops (tiles 80 px), embed 32, depths
 (2,2,2,2), window 4, 16 px mask cells (32 px cells would leave 4 cells per 64 px tile), and a
 learning rate of 1e-3 (the paper's 2.5e-4 per 512 is for a 14.7B model and 400M tiles).
-Physics weights (choice): complex 1, SAM 1 (radians), indices 1, contrastive 0.1.
+Physics weights (choice): complex 1, SAM 1 (radians), indices 1, contrastive 1.
 """
 from ringmoe_jax.config.args import parse_arg
 from ringmoe_jax.config.defaults import base_config
