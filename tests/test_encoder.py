@@ -27,7 +27,8 @@ def encode():
   c = micro_config()
   c.moe.eval_capacity_factor = 100.0  # nothing dropped: outputs depend on the tile alone
   c.moe.dispatcher = "capacity"
-  return _Jitted(make_model(c))
+  # Initialised in one compiled program (eagerly, every init op compiles on its own).
+  return _Jitted(nnx.jit(lambda: make_model(c))())
 
 
 def _batch(b=8, size=32, seed=0, modality=None):
@@ -58,16 +59,18 @@ def test_modality_comes_from_the_tag_not_the_position(encode):
 
 
 def test_tokens_reach_only_their_own_modalitys_special_experts(encode):
-  px, _ = _batch(b=4, modality=[2, 2, 2, 2])
-  _, aux = encode(px, jnp.full((4,), 2, jnp.int32))
+  # Batch of 8, the shape `encode` is already compiled for (a batch of 4 would compile again).
+  px, _ = _batch(b=8, modality=[2] * 8)
+  _, aux = encode(px, jnp.full((8,), 2, jnp.int32))
   counts = np.asarray(aux["routing"]["special"]["tokens_per_expert"])  # (blocks, 16)
   assert counts[:, 8:12].sum() > 0
   assert counts[:, :8].sum() == 0 and counts[:, 12:].sum() == 0
 
 
 def test_padded_channels_are_ignored(encode):
-  px, _ = _batch(b=2, modality=[0, 0])
-  mod = jnp.zeros((2,), jnp.int32)
+  # Batch of 8 (its first 2 tiles are those of b=2): the shape `encode` is compiled for.
+  px, _ = _batch(b=8, modality=[0] * 8)
+  mod = jnp.zeros((8,), jnp.int32)
   noisy = px.at[..., 3:].set(123.0)  # an optical tile has 3 channels; the rest is padding
   np.testing.assert_allclose(encode(px, mod)[0][-1],
                              encode(noisy, mod)[0][-1], rtol=1e-5)
@@ -76,7 +79,8 @@ def test_padded_channels_are_ignored(encode):
 @pytest.mark.parametrize("img,cell,ratio", [(192, 8, 0.6), (64, 4, 0.6), (32, 2, 0.5)])
 def test_mask_ratio(img, cell, ratio):
   grid = img // 4
-  m = np.asarray(masking.block_mask(jax.random.PRNGKey(1), 16, (grid, grid), cell, ratio))
+  m = np.asarray(jax.jit(masking.block_mask, static_argnums=(1, 2, 3, 4))(
+      jax.random.PRNGKey(1), 16, (grid, grid), cell, ratio))
   cells = (grid // cell) ** 2
   want = round(ratio * cells) / cells
   np.testing.assert_allclose(m.reshape(16, -1).mean(axis=1), want)  # exact, every tile

@@ -31,21 +31,25 @@ def test_tables_pick_bands_by_wavelength_and_sar_power():
   s2 = REG.index("sentinel2_l2a")
   assert t.index_ok[s2].tolist() == [1, 1, 1]
   assert t.sar_power[REG.index("gaofen3_amp")] == sensor_tables.AMPLITUDE
-  ids = jnp.asarray([wfv, -1, len(REG) + 3])
-  np.testing.assert_array_equal(sensor_tables.take_fill(t.index_ok[:, 0], ids), [1, 0, 0])
-  x = jnp.full((3, 1, 1, 1), 0.5)
-  kinds = jnp.asarray([sensor_tables.AMPLITUDE, sensor_tables.INTENSITY, sensor_tables.DECIBEL])
-  np.testing.assert_allclose(sensor_tables.to_intensity(x, kinds).ravel(),
+  ids = np.asarray([wfv, -1, len(REG) + 3])
+  # Compiled, not op by op (each eager op compiles on its own on the 2-core CI machine).
+  np.testing.assert_array_equal(jax.jit(sensor_tables.take_fill)(t.index_ok[:, 0], ids),
+                                [1, 0, 0])
+  x = np.full((3, 1, 1, 1), 0.5, np.float32)
+  kinds = np.asarray([sensor_tables.AMPLITUDE, sensor_tables.INTENSITY, sensor_tables.DECIBEL])
+  np.testing.assert_allclose(np.asarray(jax.jit(sensor_tables.to_intensity)(x, kinds)).ravel(),
                              [0.25, 0.5, 10 ** 0.05], rtol=1e-6)
 
 
 def test_group_embeddings_average_per_group_and_modality():
   b, c = 6, 3
-  feats = jnp.arange(b * c, dtype=jnp.float32).reshape(b, 1, 1, c)
-  valid = jnp.ones((b, 4, 4)).at[5].set(0.0)  # tile 5 has no data
-  group = jnp.asarray([7, 7, 7, 9, -1, 9])
-  modality = jnp.asarray([0, 1, 0, 2, 1, 3])
-  emb, present = objective.group_embeddings(feats, valid, group, modality, 4)
+  feats = np.arange(b * c, dtype=np.float32).reshape(b, 1, 1, c)
+  valid = np.ones((b, 4, 4), np.float32)
+  valid[5] = 0.0  # tile 5 has no data
+  group = np.asarray([7, 7, 7, 9, -1, 9], np.int32)
+  modality = np.asarray([0, 1, 0, 2, 1, 3], np.int32)
+  emb, present = jax.jit(objective.group_embeddings, static_argnums=4)(
+      feats, valid, group, modality, 4)
   want_present = np.zeros((b, 4), bool)
   want_present[0, [0, 1]] = True
   want_present[3, 2] = True  # tile 4: no group; tile 5: no data
@@ -58,10 +62,11 @@ def test_masking_is_chosen_by_config():
   c = micro_config()
   model = nnx.eval_shape(lambda: make_model(c))
   key = jax.random.PRNGKey(0)
-  block = objective.Objective.from_config(c, model).draw_mask(key, 2, (8, 8))
+  draw = lambda obj: jax.jit(obj.draw_mask, static_argnums=(1, 2))(key, 2, (8, 8))
+  block = draw(objective.Objective.from_config(c, model))
   c.mim.masking = "pimask"
   c.mim.pimask_in_cell_ratio = 0.5
-  pi = objective.Objective.from_config(c, model).draw_mask(key, 2, (8, 8))
+  pi = draw(objective.Objective.from_config(c, model))
   cell = c.mim.mask_cell // c.model.patch_size
   # PIMask masks half of the tokens of the same selected cells.
   assert int(pi.sum()) * 2 == int(block.sum())
@@ -159,7 +164,7 @@ def loss_and_grad():
   The encoder runs forward only; the gradient is taken through every loss term down to the
   model's outputs, where a NaN from any term would show (cheap to compile)."""
   c = micro_config()
-  model = make_model(c)
+  model = nnx.jit(lambda: make_model(c))()  # initialised in one compiled program, not op by op
   obj = objective.Objective.from_config(c, model)
 
   @nnx.jit
