@@ -10,7 +10,10 @@ prints `total_params=14...` (14.75B, the paper's 14.7B within 1%).
 
 Variants (`--config=configs/pretrain_14b.py:ARG`):
   size=14b    the paper's model (default)
-  size=base   embed 128, depths 2-2-18-2, heads 4-8-16-32 (SwinV2-B with the same MoE)
+  size=base   embed 128, depths 2-2-18-2, heads 4-8-16-32 (SwinV2-B with the same MoE; 1.21B
+              parameters: with AdamW state ~20 GB before activations)
+  size=small  embed 96, depths 2-2-6-2, heads 3-6-12-24 (SwinV2-T with the same MoE; fits a
+              24 GB CPU host for benchmarks/train_step.py)
   runlocal    shrink the batch, steps and data so the config runs on one CPU host
 
 Choices the paper leaves open: global batch 2048 (lr scales from 2.5e-4 per 512), bfloat16
@@ -28,6 +31,7 @@ from ringmoe_jax.config.defaults import base_config
 SIZES = {
     "14b": dict(embed_dim=448, depths=(2, 2, 18, 2), num_heads=(14, 28, 56, 112)),
     "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "small": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
 }
 
 
