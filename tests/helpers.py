@@ -25,6 +25,14 @@ def micro_config(**overrides):
   return c
 
 
+def compiled_model(config):
+  """make_model(config), initialised in one compiled program (op by op, every init op would
+  compile on its own: ~15 s for the micro model on the 2-core CI machine)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.model import make_model  # pylint: disable=import-outside-toplevel
+  return nnx.jit(lambda: make_model(config))()
+
+
 def assert_close_to_reference(actual, desired, rtol: float = 1e-5, err_msg: str = "") -> None:
   """Elementwise rtol, plus an absolute slack of rtol / 10 of the reference's largest magnitude.
 

@@ -4,11 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import micro_config
+from helpers import compiled_model, micro_config
 from flax import nnx
 
 from ringmoe_jax.objectives import masking
-from ringmoe_jax.train.model import make_model
 
 
 class _Jitted:
@@ -27,8 +26,7 @@ def encode():
   c = micro_config()
   c.moe.eval_capacity_factor = 100.0  # nothing dropped: outputs depend on the tile alone
   c.moe.dispatcher = "capacity"
-  # Initialised in one compiled program (eagerly, every init op compiles on its own).
-  return _Jitted(nnx.jit(lambda: make_model(c))())
+  return _Jitted(compiled_model(c))
 
 
 def _batch(b=8, size=32, seed=0, modality=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import micro_config
+from helpers import compiled_model, micro_config
 from ringmoe_jax.config.load import load_config
 from ringmoe_jax.config.validate import ConfigError, validate
 from ringmoe_jax.data import pipeline
@@ -164,7 +164,7 @@ def loss_and_grad():
   The encoder runs forward only; the gradient is taken through every loss term down to the
   model's outputs, where a NaN from any term would show (cheap to compile)."""
   c = micro_config()
-  model = nnx.jit(lambda: make_model(c))()  # initialised in one compiled program, not op by op
+  model = compiled_model(c)
   obj = objective.Objective.from_config(c, model)
 
   @nnx.jit

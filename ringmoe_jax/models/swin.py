@@ -105,7 +105,7 @@ class SwinMoEBlock(nnx.Module):
     """x (B, h, w, C), modality (B,), token_valid (B, h, w) bool -> x, aux."""
     b, h, w, c = x.shape
     a = windowed_attention(self.attn, x, self.window, self.shift)
-    x = batch_constraint(x + self.norm1(a).astype(x.dtype))
+    x = _batch_constraint(x + self.norm1(a).astype(x.dtype))
     tok_mod = jnp.broadcast_to(modality[:, None], (b, h * w))
     g, axes = _routing_groups(b) if self.route_per_shard else (1, ())
     if g == 1:
@@ -119,7 +119,7 @@ class SwinMoEBlock(nnx.Module):
       y, aux = jax.vmap(run, spmd_axis_name=axes)(
           x.reshape(g, -1, c), tok_mod.reshape(g, -1), token_valid.reshape(g, -1))
       aux = _merge_groups(aux)
-    x = batch_constraint(x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype))
+    x = _batch_constraint(x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype))
     return x, aux
 
 
@@ -139,7 +139,7 @@ def _mesh_axes(names, size: int) -> tuple[tuple[str, ...], int]:
   return (axes, n) if axes and size % n == 0 else ((), 1)
 
 
-def batch_constraint(x: jax.Array) -> jax.Array:
+def _batch_constraint(x: jax.Array) -> jax.Array:
   """Pin an activation's leading (batch) axis to the mesh's batch axes. Without it, a norm whose
   scale is split over `fsdp` pulls the residual stream onto the channel axis, and XLA falls
   back to replicating it (an "Involuntary full rematerialization")."""
