@@ -9,8 +9,11 @@ each as `python -m ringmoe_jax.main ... --config.train.log_every=1` into ROOT/<n
 existing workdirs are read. Then prints, as JSON:
   * per term of the 'all' run: mean of the first 30 vs the last 30 logged steps (metrics.jsonl)
     and whether it decreased;
-  * the SAR-L2 denoising ratio (tools/linear_probe.py) of both runs: < 1 means the decoder's
-    prediction is closer to the simulator's noise-free backscatter than the speckled input;
+  * the SAR-L2 denoising ratios (tools/linear_probe.py) of both runs: < 1 means closer to the
+    simulator's noise-free backscatter than the speckled input: `ratio` for the decoder's
+    blind-spot prediction alone, `posterior_ratio` for its Bayesian combination with the masked
+    pixel's own observation (objectives/speckle.py), `observation_only_ratio` for the same
+    estimate without the decoder;
   * the linear-probe accuracy per modality of both runs (land-cover scene classes of unseen
     simulated scenes, frozen features).
 """

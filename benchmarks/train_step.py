@@ -14,13 +14,16 @@ One device (no fake mesh: 8 fake devices share the same 2 cores and only add par
 overhead). Also printed, to show where the time goes: the forward pass alone (its share of the
 step and its own MFU), and XLA's cost analysis of the compiled step (FLOPs it counts, including
 work that is not model FLOPs such as dispatch one-hots and optimizer arithmetic, and bytes
-accessed). The last line is `headline: mfu=<fraction>`.
+accessed), and a profile of one more step (a JAX profiler trace in --profile_dir, summarised by
+tools/profile_summary.py: self time per HLO op, grouped by kind and by the source file that
+emitted it). The last line is `headline: mfu=<fraction>`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -50,6 +53,7 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--remat", default="none")
+  ap.add_argument("--profile_dir", default=None, help="trace directory (default: a temp dir)")
   args = ap.parse_args(argv)
 
   from ringmoe_jax.config.load import load_config
@@ -57,6 +61,7 @@ def main(argv=None):
   from ringmoe_jax.parallel.sharding import rules_for
   from ringmoe_jax.tools.aot import example_batch
   from ringmoe_jax.tools.inspect import forward_flops_per_tile
+  from ringmoe_jax.tools.profile_summary import summarize
   from ringmoe_jax.objectives.simmim import simmim_loss
   from ringmoe_jax.train.optim import make_optimizer
   from ringmoe_jax.train.state import StateBuilder
@@ -95,8 +100,13 @@ def main(argv=None):
       t = time.perf_counter()
       jax.block_until_ready(fwd_fn(state["params"], batch))
       fwd_times.append(time.perf_counter() - t)
-    cost = step.lower(state, batch).compile().cost_analysis()
+    compiled = step.lower(state, batch).compile()
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    profile_dir = args.profile_dir or tempfile.mkdtemp(prefix="train_step_profile_")
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      state, metrics = step(state, batch)
+      jax.block_until_ready(metrics["loss"])
   step_s = min(times)
   dtype = jnp.dtype(c.model.dtype)
   ceiling = matmul_ceiling(dtype)
@@ -115,6 +125,8 @@ def main(argv=None):
   print(f"xla_counted_flops={xla_flops:.4g} ({xla_flops / model_flops:.2f}x model FLOPs) "
         f"xla_bytes_accessed={xla_bytes:.4g} (arithmetic intensity "
         f"{xla_flops / max(xla_bytes, 1.0):.1f} FLOP/byte)")
+  print(f"profile of one step ({profile_dir}):")
+  print(summarize(profile_dir, compiled.as_text()))
   print(f"headline: mfu={model_flops / step_s / ceiling:.3f}")
 
 

@@ -1,8 +1,12 @@
 """tools.inspect counts the paper's model without allocating it; tools.aot compiles the real
 train step for a fake mesh and reports per-device memory (on the micro config here: the 14.7B
 run's numbers are in launch/README.md); tools.linear_probe's probe and SAR-L2 denoising ratio."""
+import time
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from helpers import micro_config
 from ringmoe_jax.config.load import load_config
@@ -81,3 +85,35 @@ def test_probe_and_sar_l2_ratio_on_an_untrained_micro_model():
   assert r["pixels"] > 0 and np.isfinite(r["ratio"]) and r["ratio"] > 0
   # Context averaging cannot reach the speckled observation at masked pixels of these scenes.
   assert 1.0 < r["local_mean_ratio"] < 10.0
+  # Removing the speckle's log bias helps a little; combining it with even an untrained
+  # decoder's prediction (the fitted prior is then wide) costs almost nothing.
+  assert 0.9 < r["observation_only_ratio"] < 1.0
+  assert r["posterior_ratio"] < 1.01 * r["observation_only_ratio"]
+  assert r["posterior_prior_width"] > 0
+
+
+def test_profile_summary_self_times_kinds_and_sources(tmp_path):
+  from ringmoe_jax.tools import profile_summary as ps  # pylint: disable=import-outside-toplevel
+
+  def f(a):
+    looped = jax.lax.fori_loop(0, 3, lambda i, x: jnp.tanh(x @ a), a)
+    return jnp.sort(looped, axis=0).sum()
+  a = jnp.ones((256, 256)) * 0.01
+  fn = jax.jit(f)
+  fn(a).block_until_ready()
+  start = time.perf_counter()
+  with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+    fn(a).block_until_ready()
+  wall = time.perf_counter() - start
+  hlo = fn.lower(a).compile().as_text()
+  times = ps.op_self_times(str(tmp_path), "jit_f")
+  assert times and all(t >= 0 for t in times.values())
+  assert sum(times.values()) <= wall  # self times: the loop's body is not counted twice
+  infos = ps.op_infos(hlo)
+  kinds = {infos[n].kind for n in times if n in infos}
+  assert {"matmul", "sort"} <= kinds, kinds
+  assert any(infos[n].source == "test_tools.py" for n in times if n in infos)
+  report = ps.summarize(str(tmp_path), hlo)
+  assert "by kind:" in report and "matmul" in report and "top ops:" in report
+  with pytest.raises(FileNotFoundError, match="perfetto_trace"):
+    ps.find_trace(str(tmp_path / "nothing_here"))
