@@ -22,18 +22,17 @@ per expert), so pruning and observability need no second pass.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from ringmoe_jax.models.attention import WindowAttentionV2, effective_window, windowed_attention
 from ringmoe_jax.models.patch_embed import ModalityPatchEmbed
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
-from ringmoe_jax.parallel.mesh import BATCH_AXES
+from ringmoe_jax.parallel.mesh import ambient_axes
+from ringmoe_jax.parallel.sharding import constrain_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +104,7 @@ class SwinMoEBlock(nnx.Module):
     """x (B, h, w, C), modality (B,), token_valid (B, h, w) bool -> x, aux."""
     b, h, w, c = x.shape
     a = windowed_attention(self.attn, x, self.window, self.shift)
-    x = _batch_constraint(x + self.norm1(a).astype(x.dtype))
+    x = constrain_batch(x + self.norm1(a).astype(x.dtype))
     tok_mod = jnp.broadcast_to(modality[:, None], (b, h * w))
     g, axes = _routing_groups(b) if self.route_per_shard else (1, ())
     if g == 1:
@@ -119,7 +118,7 @@ class SwinMoEBlock(nnx.Module):
       y, aux = jax.vmap(run, spmd_axis_name=axes)(
           x.reshape(g, -1, c), tok_mod.reshape(g, -1), token_valid.reshape(g, -1))
       aux = _merge_groups(aux)
-    x = _batch_constraint(x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype))
+    x = constrain_batch(x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype))
     return x, aux
 
 
@@ -129,28 +128,8 @@ GROUP_AXES = ("data", "fsdp")
 _SUMMED_STATS = ("tokens_per_expert", "num_dropped")
 
 
-def _mesh_axes(names, size: int) -> tuple[tuple[str, ...], int]:
-  """The ambient mesh's axes among `names` with size > 1, if their product divides `size`."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return (), 1
-  axes = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
-  n = math.prod(mesh.shape[a] for a in axes)
-  return (axes, n) if axes and size % n == 0 else ((), 1)
-
-
-def _batch_constraint(x: jax.Array) -> jax.Array:
-  """Pin an activation's leading (batch) axis to the mesh's batch axes. Without it, a norm whose
-  scale is split over `fsdp` pulls the residual stream onto the channel axis, and XLA falls
-  back to replicating it (an "Involuntary full rematerialization")."""
-  axes, _ = _mesh_axes(BATCH_AXES, x.shape[0])
-  if not axes:
-    return x
-  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
-
-
 def _routing_groups(batch: int) -> tuple[int, tuple[str, ...]]:
-  axes, n = _mesh_axes(GROUP_AXES, batch)
+  axes, n = ambient_axes(GROUP_AXES, batch)
   return n, axes
 
 

@@ -47,3 +47,14 @@ def batch_size_per_shard(global_batch: int, mesh: Mesh) -> int:
     raise ValueError(f"data.batch_size={global_batch} is not divisible by the {n} batch shards "
                      f"of mesh {dict(mesh.shape)}")
   return global_batch // n
+
+
+def ambient_axes(names, size: int) -> tuple[tuple[str, ...], int]:
+  """The ambient (abstract) mesh's axes among `names` with size > 1, and their product, if it
+  divides `size`; else ((), 1). Outside a mesh: ((), 1)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return (), 1
+  axes = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
+  n = math.prod(mesh.shape[a] for a in axes)
+  return (axes, n) if axes and size % n == 0 else ((), 1)

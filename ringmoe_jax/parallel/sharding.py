@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ringmoe_jax.parallel.mesh import BATCH_AXES
+from ringmoe_jax.parallel.mesh import BATCH_AXES, ambient_axes
 
 # Logical axes of the model: batch (tiles), length (tokens), embed (model dim), mlp (FFN hidden),
 # heads (attention heads x head dim), exp (experts). Each preset maps them to mesh axes.
@@ -75,3 +75,15 @@ def state_shardings(state: nnx.State, rules, mesh: Mesh):
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Leading (batch) axis split over the batch axes, the rest replicated."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """Pin an activation's leading (batch) axis to the ambient mesh's batch axes, the rest
+  replicated (a no-op outside a mesh or when the batch does not divide). Where a parameter is
+  split over `fsdp` along the channel axis (a norm scale, a per-modality table), its product
+  with the activations otherwise comes out channel-sharded, and XLA can only get back to the
+  batch sharding by replicating it (an "Involuntary full rematerialization")."""
+  axes, _ = ambient_axes(BATCH_AXES, x.shape[0])
+  if not axes:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
