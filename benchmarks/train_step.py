@@ -1,6 +1,7 @@
 """Model FLOPs utilisation (MFU) of the full training step on this CPU.
 
   python benchmarks/train_step.py [--config=configs/pretrain_14b.py:size=base] [--batch=4]
+      [--dtype=float32] [--profile_dir=DIR]
 
 MFU = model FLOPs per step / step time / matmul ceiling, where
   model FLOPs per step = 3 x analytic forward FLOPs per tile (tools/inspect.py: the selected
@@ -53,6 +54,7 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--remat", default="none")
+  ap.add_argument("--dtype", default=None, help="compute dtype override, e.g. float32")
   ap.add_argument("--profile_dir", default=None, help="trace directory (default: a temp dir)")
   args = ap.parse_args(argv)
 
@@ -71,6 +73,8 @@ def main(argv=None):
   c.mesh.update(data=1, fsdp=1, expert=1, tensor=1)
   c.data.batch_size = args.batch
   c.remat.policy = args.remat
+  if args.dtype:
+    c.model.dtype = args.dtype
   mesh = make_mesh(c.mesh, jax.devices()[:1])
   builder = StateBuilder.from_config(c, make_optimizer(c.optim, args.batch, 1000), mesh,
                                      rules_for(c))
