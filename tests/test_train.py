@@ -12,7 +12,7 @@ import pytest
 
 from helpers import micro_config
 from xla_flags import with_devices
-from ringmoe_jax.tools import routing_report
+from ringmoe_jax.tools import profile_summary, routing_report
 from ringmoe_jax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,7 @@ def _user_sensor_file(path, name, modality, bands, bandwidth_nm):
 
 def test_loss_falls_over_a_few_steps(tmp_path):
   c = micro_config()
-  c.train.update(total_steps=12, log_every=1, checkpoint_every=100)
+  c.train.update(total_steps=12, log_every=1, checkpoint_every=100, profile_steps=(6, 6))
   r = trainer.train(c, str(tmp_path))
   losses = r["losses"]
   assert len(losses) == 12 and all(np.isfinite(losses))
@@ -46,6 +46,10 @@ def test_loss_falls_over_a_few_steps(tmp_path):
   load = np.asarray(rows[-1]["routing"]["collab"]["load"])  # (blocks, experts)
   np.testing.assert_allclose(load.sum(-1), 1.0, rtol=1e-5)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+  # train.profile_steps: a trace of step 6 that tools/profile_summary reads (the HLO ops of
+  # the compiled train step).
+  times = profile_summary.op_self_times(str(tmp_path / "profile"))
+  assert len(times) > 100 and sum(times.values()) > 0
 
 
 def test_resume_is_bit_identical_and_checkpoints_round_trip(tmp_path):

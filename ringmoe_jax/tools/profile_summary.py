@@ -127,6 +127,18 @@ def op_infos(hlo_text: str) -> dict[str, OpInfo]:
     elif current is not None:
       bodies[current].append(line)
   frames = _frames(hlo_text)
+
+  cache: dict[str, str] = {}
+
+  def body_of(comp: str) -> str:
+    """A computation's text with the computations it calls inlined (a YNNPACK fusion wraps
+    the fusion that holds the dot). HLO call graphs are acyclic."""
+    if comp not in cache:
+      lines = bodies.get(comp, [])
+      cache[comp] = "\n".join(lines + [body_of(c) for line in lines
+                                        for c in _CALLS.findall(line) if c != comp])
+    return cache[comp]
+
   infos = {}
   for lines in bodies.values():
     for line in lines:
@@ -135,7 +147,7 @@ def op_infos(hlo_text: str) -> dict[str, OpInfo]:
         continue
       name, opcode = m.groups()
       calls = _CALLS.search(line)
-      body = "\n".join(bodies.get(calls.group(1), [])) if calls else ""
+      body = body_of(calls.group(1)) if calls else ""
       frame = _FRAME.search(line) or _FRAME.search(body)
       source = frames.get(int(frame.group(1)), "?") if frame else "?"
       infos[name] = OpInfo(_kind(opcode, body), _short(source))

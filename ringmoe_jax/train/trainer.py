@@ -12,7 +12,8 @@ Faults:
 - A checkpoint whose (async) save was killed is never restored (checkpoint.py).
 
 Profiling: `train.profile_steps=(first, last)` writes a JAX profiler trace of those steps to
-WORKDIR/profile.
+WORKDIR/profile (TensorBoard / XProf format plus perfetto_trace.json.gz);
+`python -m ringmoe_jax.tools.profile_summary WORKDIR/profile` prints self time per HLO op.
 """
 from __future__ import annotations
 
@@ -206,7 +207,8 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
   with _StopFlag() as stop, jax.set_mesh(mesh):
     while step < stop_at and stop.signum is None:
       if profile and step + 1 == int(profile[0]) and not profiling:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        # The Perfetto JSON copy is what tools/profile_summary reads (no TensorBoard needed).
+        jax.profiler.start_trace(os.path.join(workdir, "profile"), create_perfetto_trace=True)
         profiling = True
       local = next(data_iter)
       if step in inject:
