@@ -76,7 +76,7 @@ def posterior_log_backscatter(log_pred: jax.Array, intensity: jax.Array, looks, 
 def fit_prior(log_pred: jax.Array, intensity: jax.Array, looks) -> tuple[jax.Array, jax.Array]:
   """(tau, delta) on WIDTH_GRID x SHIFT_GRID maximising the marginal likelihood, by three rounds
   of coordinate search (the likelihood is smooth and unimodal in each); no clean data used.
-  Cost ~ P x 290 x 121 exponentials: pass a subsample of ~10^4 pixels."""
+  Cost ~ P x 426 x 121 exponentials: pass a subsample of ~10^4 pixels."""
   nll = lambda t, d: marginal_nll(log_pred, intensity, looks, t, d)
   width, shift = WIDTH_GRID[-1], jnp.zeros((), jnp.float32)
   for _ in range(3):

@@ -214,7 +214,7 @@ def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, 
   err = lambda log_est: float(np.mean(np.abs(log_est - v["log_clean"])))
   err_in = err(np.log(v["obs"]))
   # The posterior's prior (width, offset) is fitted from observed intensities only, on a fixed
-  # subsample (the fit costs ~35k likelihood evaluations per pixel).
+  # subsample (the fit evaluates 3 x 142 prior settings x 121 grid points per pixel).
   log_pred, obs, looks = (jnp.asarray(v[k], jnp.float32) for k in ("log_pred", "obs", "looks"))
   sub = np.random.default_rng(seed).permutation(obs.shape[0])[:20_000]
   width, shift = speckle.fit_prior(log_pred[sub], obs[sub], looks[sub])
