@@ -24,6 +24,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["ringmoe_jax", "ringmoe_jax.*"]),
+    # Built on first use (ringmoe_jax/moe/native.py), so it ships as source.
+    package_data={"ringmoe_jax.moe": ["native/*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8", "spyndex>=0.6", "rasterio>=1.3"],

@@ -11,6 +11,22 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ringmoe_jax.parallel import host_memory
+
+
+def add_malloc_flag(parser) -> None:
+  """--default_malloc: time with glibc's default allocator (fresh pages for every big buffer)."""
+  parser.add_argument("--default_malloc", action="store_true",
+                      help="do not reuse freed host memory (ringmoe_jax.main's default does)")
+
+
+def setup_host_memory(default_malloc: bool) -> None:
+  """As ringmoe_jax.main: freed buffers stay mapped (parallel/host_memory.py), unless told not."""
+  if default_malloc:
+    print("host memory: glibc default (--default_malloc)")
+  else:
+    print(host_memory.reuse_freed_memory())
+
 
 def compiled(fn: Callable, *args) -> Callable[[], object]:
   """jit + AOT compile `fn(*args)`; returns a thunk that runs it and blocks on the result."""

@@ -24,6 +24,7 @@ through an (E, N, hidden) intermediate (3.4 GB of temporaries at E=4, ~40 GB at 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -33,13 +34,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from _timing import best_of, compiled, matmul_gflops  # noqa: E402
+from _timing import add_malloc_flag, best_of, compiled, matmul_gflops, setup_host_memory  # noqa: E402
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig  # noqa: E402
 
 T, D, F = 16384, 512, 2048
 ROUNDS = 3
-HEADLINE_ROUNDS = 8  # dense, router-{4,16,64} capacity/blocked: the ratios the headline reports
-DISPATCHERS = ("capacity", "dropless_blocked", "dropless_ragged")
+HEADLINE_ROUNDS = 8  # dense, router-{4,16,64} capacity/blocked/native: the headline's ratios
+DISPATCHERS = ("capacity", "dropless_blocked", "dropless_native", "dropless_ragged")
 
 
 def _grad_fn(graphdef):
@@ -69,6 +70,9 @@ def _dense_thunk(hidden, x, ct):
 
 
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_malloc_flag(parser)
+  setup_host_memory(parser.parse_args().default_malloc)
   print(f"backend={jax.default_backend()} devices={len(jax.devices())} T={T} d={D} hidden={F} "
         f"float32 fwd+bwd, best of {ROUNDS} ({HEADLINE_ROUNDS} for the headline variants, "
         "interleaved)")
@@ -88,7 +92,7 @@ def main():
       cfg = MoEConfig(num_special=0, num_collab=e, num_shared=0, top_k=1, dispatcher=disp)
       thunks[f"router-{e}/{disp}"] = _moe_thunk(cfg, x, mod, ct)
       active[f"router-{e}/{disp}"] = 1
-  for disp in DISPATCHERS[:2]:
+  for disp in DISPATCHERS[:3]:
     cfg = MoEConfig(num_special=4, num_collab=4, num_shared=1, top_k=1, dispatcher=disp)
     thunks[f"hierarchical/{disp}"] = _moe_thunk(cfg, x, mod, ct)
     active[f"hierarchical/{disp}"] = 3

@@ -25,13 +25,19 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 flags.DEFINE_integer("exit_code_on_preempt", 0,
                      "Exit status after a signal-triggered save (launch/ scripts use 42).")
+flags.DEFINE_bool("reuse_host_memory", True,
+                  "Keep freed host memory mapped so that each step's large CPU buffers do not "
+                  "page-fault again (glibc only; see ringmoe_jax/parallel/host_memory.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  from ringmoe_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.parallel import distributed, host_memory  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
+  if f.reuse_host_memory:
+    logging.info("%s", host_memory.reuse_freed_memory())
   # Before anything touches jax devices.
   distributed.initialize(coordinator_address=f.coordinator_address,
                          num_processes=f.num_processes, process_id=f.process_id)

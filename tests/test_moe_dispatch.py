@@ -9,7 +9,7 @@ from ringmoe_jax.moe import dispatch, grouped
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
 from ringmoe_jax.moe.routing import route_top_k
 
-DROPLESS = ("dropless_ragged", "dropless_blocked")
+DROPLESS = ("dropless_ragged", "dropless_blocked", "dropless_native")
 ALL = ("capacity",) + DROPLESS
 
 
@@ -36,7 +36,7 @@ def _decision(key, t, e, k, valid):
                      capacity=None)[0]
 
 
-@pytest.mark.parametrize("kernel", ["ragged", "blocked"])
+@pytest.mark.parametrize("kernel", ["ragged", "blocked", "native"])
 def test_dropless_equals_loop_over_experts(kernel):
   t, d, f, e, k = 40, 8, 16, 5, 2
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -161,7 +161,13 @@ def test_router_and_experts_get_gradient(name):
 
 
 def test_auto_resolves_per_backend():
-  assert dispatch.resolve("auto") == "dropless_blocked"  # tests run on CPU
+  # Tests run on CPU, with a C++ compiler (tests/test_native_kernels.py checks that it builds).
+  assert dispatch.resolve("auto") == "dropless_native"
+  assert dispatch.resolve("auto", dtype=jnp.bfloat16) == "dropless_blocked"
+  with jax.set_mesh(jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])):
+    assert dispatch.resolve("auto") == "dropless_blocked"  # XLA cannot split the FFI call
+  with pytest.raises(ValueError, match="float32"):
+    dispatch.resolve("dropless_native", dtype=jnp.bfloat16)
   assert dispatch.resolve("auto", expert_sharded=True) == "capacity"
   assert dispatch.resolve("dropless_ragged") == "dropless_ragged"
   with pytest.raises(ValueError):

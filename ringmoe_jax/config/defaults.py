@@ -28,8 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
       eval_capacity_factor=2.0,  # choice: evaluation should drop (almost) nothing
       special_capacity_fraction=ml_collections.config_dict.placeholder(float),
       min_capacity=4, router_init_std=0.02, balance_weight=0.001,
-      # 'auto' (GPU/TPU: dropless ragged_dot; CPU: dropless blocked; expert-sharded mesh:
-      # capacity), 'capacity', 'dropless_ragged', 'dropless_blocked'. See moe/dispatch.py.
+      # 'auto' (GPU/TPU: dropless ragged_dot; CPU: dropless native on one device in float32,
+      # else dropless blocked; expert-sharded mesh: capacity), 'capacity', 'dropless_ragged', 'dropless_blocked', 'dropless_native'. See
+      # moe/dispatch.py.
       dispatcher="auto",
       expert_parallel="gspmd",  # or 'shard_map' (explicit all_to_all), parallel/expert_parallel.py
       renormalize_gates=False,  # the paper's code renormalises top-1 to 1: a bug (RINGMOE.md)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ringmoe_jax.moe.dispatch import DISPATCHERS
 from ringmoe_jax.objectives.physics import INDICES
 from ringmoe_jax.objectives.targets import KIND_MODALITIES, TARGET_KINDS, target_channels
 from ringmoe_jax.sensors.modalities import MODALITIES
@@ -77,6 +78,10 @@ def validate(c) -> None:
       _check(moe.top_k <= moe[f], f"moe.top_k={moe.top_k} is larger than moe.{f}={moe[f]}")
   for f in ("capacity_factor", "eval_capacity_factor"):
     _check(moe[f] > 0, f"moe.{f}={moe[f]} must be > 0")
+  _check(moe.dispatcher in DISPATCHERS,
+         f"moe.dispatcher={moe.dispatcher!r}, expected one of {DISPATCHERS}")
+  _check(moe.dispatcher != "dropless_native" or m.dtype == "float32",
+         f"moe.dispatcher='dropless_native' computes in float32, not model.dtype={m.dtype!r}")
 
   _check(0.0 < mim.mask_ratio <= 1.0, f"mim.mask_ratio={mim.mask_ratio} must be in (0, 1]")
   _check(mim.mask_cell % m.patch_size == 0, f"mim.mask_cell={mim.mask_cell} px must be a "

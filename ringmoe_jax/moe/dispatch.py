@@ -7,11 +7,15 @@ Dispatchers (MoEConfig.dispatcher), equal wherever no token is dropped:
                      are dropped. Static shapes; the form that expert parallelism exchanges.
   dropless_ragged:   (token, choice) pairs sorted by expert, grouped matmul (lax.ragged_dot),
                      unsorted and combined. The GPU/TPU path.
-  dropless_blocked:  the same sort, with the loop-over-blocks kernel of grouped.py. The CPU path
-                     (XLA:CPU's ragged_dot is ~24x slower than a dense FFN).
-  auto:              dropless_ragged on gpu/tpu, dropless_blocked on cpu; capacity when the
-                     ambient mesh shards experts (tokens then cross devices in capacity-padded
-                     all-to-alls, see parallel/expert_parallel.py).
+  dropless_blocked:  the same sort, with the loop-over-blocks kernel of grouped.py (XLA ops;
+                     XLA:CPU's ragged_dot is ~24x slower than a dense FFN).
+  dropless_native:   the same sort, one BLAS sgemm per expert in an XLA FFI call (native.py);
+                     float32 on CPU. Under a multi-device mesh XLA cannot split the custom call
+                     and runs it on gathered operands, so 'auto' uses it on one device only.
+  auto:              dropless_ragged on gpu/tpu; on cpu dropless_native (float32, one device,
+                     kernels built) else dropless_blocked; capacity when the ambient mesh
+                     shards experts (tokens then cross devices in capacity-padded all-to-alls,
+                     see parallel/expert_parallel.py).
 
 Capacity buffers use gather/scatter by slot index rather than GShard's one-hot einsum: the
 one-hot dispatch tensor (T, E, C) costs O(T*E*C) memory and FLOPs, the index form O(E*C*D).
@@ -21,21 +25,29 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ringmoe_jax.moe import grouped
+from ringmoe_jax.moe import grouped, native
 from ringmoe_jax.moe.routing import RoutingDecision
 
-DISPATCHERS = ("auto", "capacity", "dropless_ragged", "dropless_blocked")
+DISPATCHERS = ("auto", "capacity", "dropless_ragged", "dropless_blocked", "dropless_native")
 
 
-def resolve(name: str, expert_sharded: bool = False) -> str:
-  """'auto' -> a concrete dispatcher for this backend and mesh."""
+def resolve(name: str, expert_sharded: bool = False, dtype=jnp.float32) -> str:
+  """'auto' -> a concrete dispatcher for this backend, mesh and compute dtype."""
   if name not in DISPATCHERS:
     raise ValueError(f"moe.dispatcher={name!r}, expected one of {DISPATCHERS}")
+  if name == "dropless_native" and jnp.dtype(dtype) != jnp.float32:
+    raise ValueError(f"moe.dispatcher='dropless_native' computes in float32, not {dtype}")
   if name != "auto":
     return name
   if expert_sharded:
     return "capacity"
-  return "dropless_blocked" if jax.default_backend() == "cpu" else "dropless_ragged"
+  if jax.default_backend() != "cpu":
+    return "dropless_ragged"
+  mesh = jax.sharding.get_abstract_mesh()
+  one_device = mesh.empty or mesh.size == 1
+  if one_device and jnp.dtype(dtype) == jnp.float32 and native.status().available:
+    return "dropless_native"
+  return "dropless_blocked"
 
 
 def _slots(decision: RoutingDecision, capacity: int) -> jax.Array:
@@ -72,7 +84,7 @@ def dropless(x: jax.Array, decision: RoutingDecision, weights, *, kernel: str,
   """x (T, D) -> (T, D) through every kept choice's expert, no capacity.
 
   weights: (w1 (E, D, F), b1 (E, F), w2 (E, F, D), b2 (E, D)) in the compute dtype.
-  kernel: 'ragged' or 'blocked' (grouped.py).
+  kernel: 'ragged', 'blocked' or 'native' (grouped.py).
   """
   t, d = x.shape
   k = decision.expert_index.shape[1]
@@ -85,6 +97,8 @@ def dropless(x: jax.Array, decision: RoutingDecision, weights, *, kernel: str,
   xs = x[order // k]  # (N, D): row n is token order[n] // K
   if kernel == "ragged":
     ys = grouped.ffn_ragged(xs, sizes, *weights)
+  elif kernel == "native":
+    ys = grouped.ffn_native(xs, sizes, *weights)
   elif kernel == "blocked":
     levels = tuple(b for b in block_levels if b <= max(t * k, block_levels[-1]))
     ys = grouped.ffn_blocked(xs, sizes, *weights, levels)

@@ -42,7 +42,8 @@ class MoEConfig:
   special_capacity_fraction: float | None = None
   min_capacity: int = 4
   router_init_std: float = 0.02
-  # Token movement: 'auto' | 'capacity' | 'dropless_ragged' | 'dropless_blocked' (dispatch.py).
+  # Token movement: 'auto' | 'capacity' | 'dropless_ragged' | 'dropless_blocked' |
+  # 'dropless_native' (dispatch.py).
   # Dropless dispatchers ignore the capacity factors and drop nothing.
   dispatcher: str = "auto"
   # Capacity buffers on an expert-sharded mesh: 'gspmd' (constraints) | 'shard_map' (explicit
@@ -101,7 +102,8 @@ class HierarchicalMoE(nnx.Module):
 
   def _routed(self, x, router, experts, group, valid, num_groups, capacity, key):
     cfg = self.cfg
-    method = dispatch_lib.resolve(cfg.dispatcher, expert_parallel.expert_axis_size() > 1)
+    method = dispatch_lib.resolve(cfg.dispatcher, expert_parallel.expert_axis_size() > 1,
+                                  self.dtype)
     xr = x if key is None else jitter(x, key, cfg.jitter_noise)
     decision, balance, metrics = route_top_k(
         router(xr), group, valid, num_groups=num_groups, k=cfg.top_k,

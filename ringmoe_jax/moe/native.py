@@ -1,0 +1,185 @@
+"""Native grouped matmuls for the dropless MoE on CPU (XLA FFI + the BLAS that numpy ships).
+
+Why: on XLA:CPU the per-expert loop of XLA ops (grouped.ffn_blocked) copies every expert's
+weights out of the stacked array (dynamic_slice) and every weight gradient into it
+(dynamic_update_slice); with 64 experts that is ~1 GB of extra memory traffic per layer pass.
+native/grouped_gemm.cc runs one sgemm per expert on the rows and weights where they lie.
+
+Build: the C++ file is compiled on first use with the system C++ compiler ($CXX, else g++ /
+c++ / clang++) against jaxlib's FFI headers into a cache directory ($RINGMOE_JAX_CACHE, else
+$XDG_CACHE_HOME/ringmoe_jax, else ~/.cache/ringmoe_jax), keyed by the source, jaxlib version and
+compiler, and written atomically (concurrent processes are safe). The sgemm is numpy's bundled
+OpenBLAS (64-bit CBLAS, `scipy_cblas_sgemm64_`), run single-threaded per task on XLA's thread
+pool (see the .cc file). Without a compiler or that BLAS, `status()`
+says why and dispatch 'auto' keeps the XLA kernel.
+
+Axes: N rows sorted by group, K contracted, M out, E groups.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+import jax.numpy as jnp
+import numpy as np
+
+_SOURCE = Path(__file__).parent / "native" / "grouped_gemm.cc"
+_TARGETS = {"ringmoe_grouped_matmul": "RingmoeGroupedMatmul",
+            "ringmoe_grouped_weight_grad": "RingmoeGroupedWeightGrad"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeStatus:
+  """Whether the native kernels are usable here, and if not, why (plain data)."""
+  available: bool
+  detail: str
+
+
+def _cache_dir() -> Path:
+  root = os.environ.get("RINGMOE_JAX_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ringmoe_jax")
+  return Path(root) / "native"
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _openblas() -> tuple[int, int] | None:
+  """Addresses of numpy's bundled 64-bit CBLAS sgemm and openblas_set_num_threads_local."""
+  libs = Path(np.__file__).parent.parent / "numpy.libs"
+  for path in sorted(glob.glob(str(libs / "libscipy_openblas64_*.so*"))):
+    lib = ctypes.CDLL(path)
+    if hasattr(lib, "scipy_cblas_sgemm64_") and hasattr(lib, "openblas_set_num_threads_local"):
+      return tuple(ctypes.cast(f, ctypes.c_void_p).value
+                   for f in (lib.scipy_cblas_sgemm64_, lib.openblas_set_num_threads_local))
+  return None
+
+
+def _build(cxx: str) -> Path:
+  """Compiles the kernel library once per (source, jaxlib, compiler); returns its path."""
+  version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()[0]
+  key = hashlib.sha256(_SOURCE.read_bytes() + jaxlib.__version__.encode() +
+                       version.encode()).hexdigest()[:16]
+  out = _cache_dir() / f"grouped_gemm_{key}.so"
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+  os.close(fd)
+  # -isystem: jaxlib's headers are not ours to warn about. The BLAS does the arithmetic, so
+  # -O2 without -march keeps the library portable across hosts sharing a cache.
+  cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir(),
+         str(_SOURCE), "-o", tmp]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    os.unlink(tmp)
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+  os.replace(tmp, out)  # atomic: another process sees the old state or the whole library
+  return out
+
+
+@functools.cache
+def status() -> NativeStatus:
+  """Builds (once), loads and registers the kernels; never raises."""
+  if os.environ.get("RINGMOE_JAX_NATIVE", "1") == "0":
+    return NativeStatus(False, "disabled by RINGMOE_JAX_NATIVE=0")
+  cxx = _compiler()
+  if cxx is None:
+    return NativeStatus(False, "no C++ compiler ($CXX, g++, c++, clang++) on PATH")
+  blas = _openblas()
+  if blas is None:
+    return NativeStatus(False, "numpy's bundled OpenBLAS (scipy_cblas_sgemm64_, "
+                        "openblas_set_num_threads_local) not found")
+  try:
+    path = _build(cxx)
+    lib = ctypes.CDLL(str(path))
+  except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+    return NativeStatus(False, f"building {_SOURCE.name} failed: {e}")
+  lib.ringmoe_set_blas(*(ctypes.c_void_p(f) for f in blas))
+  for target, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  return NativeStatus(True, f"{path} (sgemm: numpy's OpenBLAS)")
+
+
+def _require():
+  s = status()
+  if not s.available:
+    raise RuntimeError(f"moe native kernels unavailable: {s.detail}")
+
+
+def _matmul(x, w, sizes, transpose_w: bool):
+  n, k = x.shape
+  m = w.shape[1] if transpose_w else w.shape[2]
+  assert (w.shape[2] if transpose_w else w.shape[1]) == k, (x.shape, w.shape, transpose_w)
+  return jax.ffi.ffi_call("ringmoe_grouped_matmul", jax.ShapeDtypeStruct((n, m), jnp.float32))(
+      x, w, sizes, transpose_w=transpose_w)
+
+
+def _weight_grad(x, dy, sizes):
+  shape = (sizes.shape[0], x.shape[1], dy.shape[1])
+  return jax.ffi.ffi_call("ringmoe_grouped_weight_grad",
+                          jax.ShapeDtypeStruct(shape, jnp.float32))(x, dy, sizes)
+
+
+@jax.custom_vjp
+def grouped_matmul(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
+  """x (N, K) f32 sorted by group, w (E, K, M) f32, sizes (E,) int32 -> (N, M) f32.
+
+  Rows of group e times w[e]; rows past sum(sizes) come out as zeros (as lax.ragged_dot).
+  """
+  _require()
+  return _matmul(x, w, sizes.astype(jnp.int32), False)
+
+
+def _fwd(x, w, sizes):
+  return grouped_matmul(x, w, sizes), (x, w, sizes)
+
+
+def _bwd(res, g):
+  x, w, sizes = res
+  sizes = sizes.astype(jnp.int32)
+  return (_matmul(g, w, sizes, True), _weight_grad(x, g, sizes),
+          np.zeros(sizes.shape, jax.dtypes.float0))
+
+
+grouped_matmul.defvjp(_fwd, _bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def grouped_bias(b: jax.Array, sizes: jax.Array, n: int) -> jax.Array:
+  """b (E, M) -> (N, M): row r gets b[group of r]; rows past sum(sizes) get zeros.
+
+  Its gradient is a per-group row sum, taken as a grouped matmul with a ones column (one pass
+  over the rows) rather than the scatter-add that XLA makes of a gather's transpose.
+  """
+  e = sizes.shape[0]
+  group = jnp.searchsorted(jnp.cumsum(sizes), jnp.arange(n), side="right")
+  return jnp.where((group < e)[:, None], b[jnp.minimum(group, e - 1)], 0).astype(b.dtype)
+
+
+def _bias_fwd(b, sizes, n):
+  return grouped_bias(b, sizes, n), sizes
+
+
+def _bias_bwd(n, sizes, g):
+  ones = jnp.ones((n, 1), jnp.float32)
+  return (_weight_grad(ones, g, sizes.astype(jnp.int32))[:, 0, :],
+          np.zeros(sizes.shape, jax.dtypes.float0))
+
+
+grouped_bias.defvjp(_bias_fwd, _bias_bwd)

@@ -1,0 +1,94 @@
+"""moe/native: the FFI grouped matmuls against numpy, their gradients, errors and fallback."""
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ringmoe_jax.moe import grouped, native
+
+
+def test_kernels_build_here():
+  # CI machines have g++ (the package's only native piece is built on first use).
+  assert shutil.which("g++"), "tests expect a C++ compiler"
+  s = native.status()
+  assert s.available, s.detail
+
+
+def _groups(sizes):
+  off = np.concatenate([[0], np.cumsum(sizes)])
+  return [(e, off[e], off[e + 1]) for e in range(len(sizes))]
+
+
+@pytest.mark.parametrize("sizes", [[10, 0, 25, 7], [0, 0, 0, 0], [50, 0, 0, 0], [0, 0, 0, 3]])
+def test_grouped_matmul_and_its_gradients_equal_a_loop(sizes):
+  n, k, m = 50, 8, 6
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((n, k)).astype(np.float32)
+  w = rng.standard_normal((len(sizes), k, m)).astype(np.float32)
+  g = rng.standard_normal((n, m)).astype(np.float32)
+  b = rng.standard_normal((len(sizes), m)).astype(np.float32)
+  sz = jnp.asarray(sizes, jnp.int32)
+  want = np.zeros((n, m), np.float32)
+  want_dx, want_dw = np.zeros_like(x), np.zeros_like(w)
+  want_db = np.zeros_like(b)
+  for e, lo, hi in _groups(sizes):
+    want[lo:hi] = x[lo:hi] @ w[e] + b[e]
+    want_dx[lo:hi] = g[lo:hi] @ w[e].T
+    want_dw[e] = x[lo:hi].T @ g[lo:hi]
+    want_db[e] = g[lo:hi].sum(0)
+
+  def f(x, w, b):
+    y = native.grouped_matmul(x, w, sz) + native.grouped_bias(b, sz, n)
+    return jnp.sum(y * g), y
+
+  (dx, dw, db), y = jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))(x, w, b)
+  np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)  # padding rows are zeros
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-5)  # empty groups: zeros
+  np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-5)
+
+
+def test_native_ffn_equals_the_blocked_kernel_with_gradients():
+  n, d, f, e = 300, 16, 32, 5
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  xs = jax.random.normal(keys[0], (n, d))
+  weights = (jax.random.normal(keys[1], (e, d, f)) / 4, jax.random.normal(keys[2], (e, f)),
+             jax.random.normal(keys[3], (e, f, d)) / 6, jax.random.normal(keys[4], (e, d)))
+  sizes = jnp.asarray([90, 0, 130, 41, 20], jnp.int32)  # 19 padding rows
+
+  def loss(kernel):
+    return lambda xs, w: jnp.sum(jnp.sin(kernel(xs, sizes, *w)))
+  blocked = lambda xs, sizes, *w: grouped.ffn_blocked(xs, sizes, *w, (64, 32, 16))
+  for a, b in zip(jax.jit(jax.grad(loss(grouped.ffn_native), (0, 1)))(xs, weights),
+                  jax.jit(jax.grad(loss(blocked), (0, 1)))(xs, weights)):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_group_sizes_are_refused_with_a_reason():
+  x = jnp.ones((4, 2))
+  w = jnp.ones((2, 2, 3))
+  with pytest.raises(Exception, match="add up to more rows than x has"):
+    jax.block_until_ready(native.grouped_matmul(x, w, jnp.asarray([3, 2], jnp.int32)))
+  with pytest.raises(Exception, match="negative"):
+    jax.block_until_ready(native.grouped_matmul(x, w, jnp.asarray([-1, 2], jnp.int32)))
+
+
+def test_disabled_kernels_fall_back_to_the_xla_kernel(tmp_path):
+  script = ("from ringmoe_jax.moe import dispatch, native; "
+            "print(native.status().detail, dispatch.resolve('auto'))")
+  env = dict(os.environ, RINGMOE_JAX_NATIVE="0", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       check=True, timeout=120).stdout
+  assert out.split()[-1] == "dropless_blocked" and "RINGMOE_JAX_NATIVE=0" in out, out
+  # No compiler: said plainly, same fallback. Built into a fresh cache so nothing is reused.
+  env = dict(env, RINGMOE_JAX_NATIVE="1", CXX="", PATH=str(tmp_path),
+             RINGMOE_JAX_CACHE=str(tmp_path))
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       check=True, timeout=120).stdout
+  assert "no C++ compiler" in out and out.split()[-1] == "dropless_blocked", out
