@@ -38,8 +38,18 @@ using SetThreadsLocal = int (*)(int num_threads);
 Sgemm g_sgemm = nullptr;
 SetThreadsLocal g_set_threads_local = nullptr;
 
-// Output rows per task: big enough for an efficient sgemm, small enough to balance 2-64 threads.
-constexpr int64_t kTaskRows = 512;
+// Rows per task of a grouped matmul. Each task packs its expert's whole weight matrix, so
+// fewer, bigger tasks move less memory (4 experts x 4096 rows: one task per expert would pack
+// 16 MB, 512-row tasks 128 MB); but each of T threads needs several tasks to balance uneven
+// experts. So: total rows / (4 T), at least kMinTaskRows (below that the sgemm loses speed).
+constexpr int64_t kMinTaskRows = 256;
+// Rows of the (K, M) weight gradient per task (each contracts over all its expert's rows).
+constexpr int64_t kGradTaskRows = 512;
+
+int64_t TaskRows(int64_t total_rows, int64_t threads) {
+  const int64_t tasks = 4 * std::max<int64_t>(threads, 1);
+  return std::max(kMinTaskRows, (total_rows + tasks - 1) / tasks);
+}
 
 // One sgemm on the calling thread (OpenBLAS's thread-local thread count, restored after).
 void SgemmHere(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float* a,
@@ -124,14 +134,15 @@ static ffi::Error GroupedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* op = out->typed_data();
-  // Tasks: (expert, block of up to kTaskRows of its rows).
+  // Tasks: (expert, block of up to task_rows of its rows).
   struct Block { int64_t expert, row, rows; };
   std::vector<Block> blocks;
+  const int64_t task_rows = TaskRows(total, pool.num_threads());
   int64_t offset = 0;
   for (int64_t e = 0; e < wd[0]; ++e) {
     const int64_t size = sizes.typed_data()[e];
-    for (int64_t r = 0; r < size; r += kTaskRows) {
-      blocks.push_back({e, offset + r, std::min(kTaskRows, size - r)});
+    for (int64_t r = 0; r < size; r += task_rows) {
+      blocks.push_back({e, offset + r, std::min(task_rows, size - r)});
     }
     offset += size;
   }
@@ -164,15 +175,15 @@ static ffi::Error GroupedWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> 
   const float* xp = x.typed_data();
   const float* dp = dy.typed_data();
   float* op = out->typed_data();
-  // Tasks: (expert, block of up to kTaskRows rows of its (K, M) gradient), each contracting
+  // Tasks: (expert, block of up to kGradTaskRows rows of its (K, M) gradient), each contracting
   // over all of the expert's rows (x's columns [k0, k0 + rows) are a strided slice: lda = K).
   struct Block { int64_t expert, offset, size, k0, rows; };
   std::vector<Block> blocks;
   int64_t offset = 0;
   for (int64_t e = 0; e < od[0]; ++e) {
     const int64_t size = sizes.typed_data()[e];
-    for (int64_t k0 = 0; k0 < k; k0 += kTaskRows) {
-      blocks.push_back({e, offset, size, k0, std::min(kTaskRows, k - k0)});
+    for (int64_t k0 = 0; k0 < k; k0 += kGradTaskRows) {
+      blocks.push_back({e, offset, size, k0, std::min(kGradTaskRows, k - k0)});
     }
     offset += size;
   }
