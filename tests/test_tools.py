@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import micro_config
+from helpers import compiled_model, micro_config
 from ringmoe_jax.config.load import load_config
 from ringmoe_jax.tools import aot, inspect
 
@@ -74,9 +74,10 @@ def test_logistic_regression_separates_separable_classes():
 
 def test_probe_and_sar_l2_ratio_on_an_untrained_micro_model():
   from ringmoe_jax.tools import linear_probe as lp  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.model import make_model  # pylint: disable=import-outside-toplevel
   config = micro_config()
-  model = make_model(config)
+  # Initialised in one compiled program (the same as test_encoder's, from the session cache)
+  # instead of op by op.
+  model = compiled_model(config)
   batches = lp.probe_batches(config, 96, batch_size=48)
   probe = lp.linear_probe(model, batches)
   accs = [v["accuracy"] for k, v in probe.items() if k != "mean_accuracy"]
