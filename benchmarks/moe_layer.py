@@ -1,6 +1,7 @@
 """Forward+backward time of the MoE layer vs a dense FFN with the same active FLOPs per token.
 
-  python benchmarks/moe_layer.py        # single CPU device, float32, ~6 minutes
+  python benchmarks/moe_layer.py                   # single CPU device, float32, ~6 minutes
+  python benchmarks/moe_layer.py --default_malloc  # glibc's default allocator (see below)
 
 Sizes (issue 3): T=16384 tokens, d=512, hidden 2048, top-1.
   router-N: one router group over N experts (collaborative-style, no special/shared experts):
@@ -9,14 +10,17 @@ Sizes (issue 3): T=16384 tokens, d=512, hidden 2048, top-1.
   hierarchical: RingMoE's layer, 4 modalities x 4 special + 4 collab + 1 shared (each token runs
             3 FFNs), against a dense FFN of 3x the hidden width.
 GFLOP/s counts active FLOPs (3 passes x 2 matmuls x 2*d*hidden per token per FFN), against a
-2048^3 matmul measured in the same run.
+2048^3 matmul measured in the same run (the faster of XLA's and numpy's BLAS).
 floor-eN: a copy of N experts' weights (read them once, write a fresh buffer of their size): the
 memory traffic of the weight gradient, which no kernel avoids (the layer also reads the weights a
-second time, in the forward pass, so the real floor is a little higher). On this machine it is
-dominated by the page faults of the freshly allocated output (~0.35 s for the 537 MB of 64
-experts); floor-e64 - floor-e4 estimates how close e64/e4 can get to 1.
+second time, in the forward pass, so the real floor is a little higher); floor-e64 - floor-e4
+estimates how close e64/e4 can get to 1.
+Host memory: like ringmoe_jax.main, the benchmark first makes glibc keep freed memory for reuse
+(parallel/host_memory.py). With --default_malloc every large buffer of every call is a fresh
+mmap whose pages the kernel faults in one by one: ~0.2 s per call for the 537 MB weight
+gradient of 64 experts, which then dominates the floor above.
 Timing: every variant is timed round-robin (best of ROUNDS); the variants behind the headline
-(dense, and the capacity and blocked dispatchers at 4, 16 and 64 experts) then get more
+(dense, and the capacity, blocked and native dispatchers at 4, 16 and 64 experts) get more
 round-robin rounds, best of HEADLINE_ROUNDS in all, so that their measurements alternate
 (e4, e64, e4, ...) and a burst of load from other processes hits both sides of each ratio alike.
 ragged_dot is timed once and at 4 experts only: on CPU it is ~24x slower and XLA:CPU lowers it
@@ -35,6 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from _timing import add_malloc_flag, best_of, compiled, matmul_gflops, setup_host_memory  # noqa: E402
+from ringmoe_jax.moe import native  # noqa: E402
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig  # noqa: E402
 
 T, D, F = 16384, 512, 2048
@@ -76,6 +81,7 @@ def main():
   print(f"backend={jax.default_backend()} devices={len(jax.devices())} T={T} d={D} hidden={F} "
         f"float32 fwd+bwd, best of {ROUNDS} ({HEADLINE_ROUNDS} for the headline variants, "
         "interleaved)")
+  print(f"native kernels: {native.status()}")
   ceiling = matmul_gflops()
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.normal(keys[0], (T, D), jnp.float32)
@@ -87,6 +93,8 @@ def main():
   active = {"dense": 1, "dense3x": 3}
   for e in (4, 16, 64):
     for disp in DISPATCHERS:
+      if disp == "dropless_native" and not native.status().available:
+        continue
       if disp == "dropless_ragged" and e > 4:
         continue  # XLA:CPU ragged_dot materialises (E, N, hidden): 3.4 GB at E=4, ~40 GB at 64
       cfg = MoEConfig(num_special=0, num_collab=e, num_shared=0, top_k=1, dispatcher=disp)
