@@ -68,7 +68,7 @@ def test_native_ffn_equals_the_blocked_kernel_with_gradients():
   def loss(kernel):
     return lambda xs, w: jnp.sum(jnp.sin(kernel(xs, sizes, *w)))
   blocked = lambda xs, sizes, *w: grouped.ffn_blocked(xs, sizes, *w, (64, 32, 16))
-  for a, b in zip(jax.jit(jax.grad(loss(grouped.ffn_native), (0, 1)))(xs, weights),
+  for a, b in zip(jax.jit(jax.grad(loss(native.ffn_native), (0, 1)))(xs, weights),
                   jax.jit(jax.grad(loss(blocked), (0, 1)))(xs, weights)):
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)

@@ -98,7 +98,7 @@ def dropless(x: jax.Array, decision: RoutingDecision, weights, *, kernel: str,
   if kernel == "ragged":
     ys = grouped.ffn_ragged(xs, sizes, *weights)
   elif kernel == "native":
-    ys = grouped.ffn_native(xs, sizes, *weights)
+    ys = native.ffn_native(xs, sizes, *weights)
   elif kernel == "blocked":
     levels = tuple(b for b in block_levels if b <= max(t * k, block_levels[-1]))
     ys = grouped.ffn_blocked(xs, sizes, *weights, levels)

@@ -15,9 +15,9 @@ Three kernels with the same result:
            stacked gradient. The trip counts depend on the data, so the loop has a hand-written
            VJP (reverse-mode AD cannot go through a data-dependent while loop). No (N, D, F)
            weight gather.
-  native:  one BLAS sgemm per expert in an XLA FFI call (native.py), on the rows and weights in
-           place: no weight copies, each weight gradient written once. float32, CPU; the
-           fastest CPU kernel where it builds (needs a C++ compiler).
+  native:  native.ffn_native: one BLAS sgemm per expert in an XLA FFI call, on the rows and
+           weights in place: no weight copies, each weight gradient written once. float32, CPU;
+           the fastest CPU kernel where it builds (needs a C++ compiler).
 """
 from __future__ import annotations
 
@@ -27,31 +27,24 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ringmoe_jax.moe import native
 
-
-def _gelu(h):
+def gelu(h):
+  """Exact (erf) GELU, as StackedExperts."""
   return jax.nn.gelu(h, approximate=False)
+
+
+def row_bias(b, sizes, n: int):
+  """b (E, M) -> (N, M): row r gets b[expert of r]; rows past sum(sizes) get zeros."""
+  e = sizes.shape[0]
+  row_expert = jnp.searchsorted(jnp.cumsum(sizes), jnp.arange(n), side="right")
+  return jnp.where((row_expert < e)[:, None], b[jnp.minimum(row_expert, e - 1)], 0).astype(b.dtype)
 
 
 def ffn_ragged(xs, sizes, w1, b1, w2, b2):
   """xs (N, D) sorted by expert, sizes (E,) int32 -> (N, D) via jax.lax.ragged_dot."""
   n = xs.shape[0]
-  e = sizes.shape[0]
-  # Row -> expert id (rows past the groups get E and a zero bias).
-  row_expert = jnp.searchsorted(jnp.cumsum(sizes), jnp.arange(n), side="right")
-  live = (row_expert < e)[:, None]
-  row_expert = jnp.minimum(row_expert, e - 1)
-  h = lax.ragged_dot(xs, w1, sizes) + jnp.where(live, b1[row_expert], 0)
-  y = lax.ragged_dot(_gelu(h), w2, sizes)
-  return y + jnp.where(live, b2[row_expert], 0)
-
-
-def ffn_native(xs, sizes, w1, b1, w2, b2):
-  """As ffn_ragged, with the grouped matmuls of native.py (float32 only)."""
-  n = xs.shape[0]
-  h = native.grouped_matmul(xs, w1, sizes) + native.grouped_bias(b1, sizes, n)
-  return native.grouped_matmul(_gelu(h), w2, sizes) + native.grouped_bias(b2, sizes, n)
+  h = lax.ragged_dot(xs, w1, sizes) + row_bias(b1, sizes, n)
+  return lax.ragged_dot(gelu(h), w2, sizes) + row_bias(b2, sizes, n)
 
 
 def _offsets(sizes):
@@ -126,7 +119,7 @@ def _blocked_fwd(xs, sizes, w1, b1, w2, b2, levels):
         return carry
       y, h = carry
       hb = lax.dynamic_slice_in_dim(xp, start, rows) @ w1e + b1e
-      yb = _gelu(hb) @ w2e + b2e
+      yb = gelu(hb) @ w2e + b2e
       # Rows of this block past the expert's end belong to the next expert, which runs later
       # and overwrites them, so no mask is needed.
       return (lax.dynamic_update_slice_in_dim(y, yb.astype(y.dtype), start, 0),
@@ -171,7 +164,7 @@ def _blocked_bwd(levels, res, dy):
       dyb = jnp.where(own, lax.dynamic_slice_in_dim(dyp, start, rows), 0)
       xb = lax.dynamic_slice_in_dim(xp, start, rows)
       hb = lax.dynamic_slice_in_dim(h, start, rows)
-      a, gelu_vjp = jax.vjp(_gelu, hb)
+      a, gelu_vjp = jax.vjp(gelu, hb)
       dh = gelu_vjp(dyb @ w2e.T)[0]
       dxb = dh @ w1e.T
       return (lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), start, 0),

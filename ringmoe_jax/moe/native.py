@@ -33,6 +33,8 @@ import jaxlib
 import jax.numpy as jnp
 import numpy as np
 
+from ringmoe_jax.moe import grouped
+
 _SOURCE = Path(__file__).parent / "native" / "grouped_gemm.cc"
 _TARGETS = {"ringmoe_grouped_matmul": "RingmoeGroupedMatmul",
             "ringmoe_grouped_weight_grad": "RingmoeGroupedWeightGrad"}
@@ -167,9 +169,7 @@ def grouped_bias(b: jax.Array, sizes: jax.Array, n: int) -> jax.Array:
   Its gradient is a per-group row sum, taken as a grouped matmul with a ones column (one pass
   over the rows) rather than the scatter-add that XLA makes of a gather's transpose.
   """
-  e = sizes.shape[0]
-  group = jnp.searchsorted(jnp.cumsum(sizes), jnp.arange(n), side="right")
-  return jnp.where((group < e)[:, None], b[jnp.minimum(group, e - 1)], 0).astype(b.dtype)
+  return grouped.row_bias(b, sizes, n)
 
 
 def _bias_fwd(b, sizes, n):
@@ -183,3 +183,10 @@ def _bias_bwd(n, sizes, g):
 
 
 grouped_bias.defvjp(_bias_fwd, _bias_bwd)
+
+
+def ffn_native(xs, sizes, w1, b1, w2, b2):
+  """As grouped.ffn_ragged, with these grouped matmuls (float32 only)."""
+  n = xs.shape[0]
+  h = grouped_matmul(xs, w1, sizes) + grouped_bias(b1, sizes, n)
+  return grouped_matmul(grouped.gelu(h), w2, sizes) + grouped_bias(b2, sizes, n)
