@@ -18,11 +18,12 @@ from ringmoe_jax.parallel import host_memory
 def add_malloc_flag(parser) -> None:
   """--default_malloc: time with glibc's default allocator (fresh pages for every big buffer)."""
   parser.add_argument("--default_malloc", action="store_true",
-                      help="do not reuse freed host memory (ringmoe_jax.main's default does)")
+                      help="do not reuse freed host memory (as ringmoe_jax.main by default)")
 
 
 def setup_host_memory(default_malloc: bool) -> None:
-  """As ringmoe_jax.main: freed buffers stay mapped (parallel/host_memory.py), unless told not."""
+  """Freed buffers stay mapped (parallel/host_memory.py; main's --reuse_host_memory), unless
+  told not."""
   if default_malloc:
     print("host memory: glibc default (--default_malloc)")
   else:

@@ -15,8 +15,8 @@ floor-eN: a copy of N experts' weights (read them once, write a fresh buffer of 
 memory traffic of the weight gradient, which no kernel avoids (the layer also reads the weights a
 second time, in the forward pass, so the real floor is a little higher); floor-e64 - floor-e4
 estimates how close e64/e4 can get to 1.
-Host memory: like ringmoe_jax.main, the benchmark first makes glibc keep freed memory for reuse
-(parallel/host_memory.py). With --default_malloc every large buffer of every call is a fresh
+Host memory: the benchmark first makes glibc keep freed memory for reuse (parallel/host_memory.py;
+ringmoe_jax.main --reuse_host_memory). With --default_malloc every large buffer of every call is a fresh
 mmap whose pages the kernel faults in one by one: ~0.2 s per call for the 537 MB weight
 gradient of 64 experts, which then dominates the floor above.
 Timing: every variant is timed round-robin (best of ROUNDS); the variants behind the headline

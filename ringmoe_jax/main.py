@@ -25,9 +25,11 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 flags.DEFINE_integer("exit_code_on_preempt", 0,
                      "Exit status after a signal-triggered save (launch/ scripts use 42).")
-flags.DEFINE_bool("reuse_host_memory", True,
-                  "Keep freed host memory mapped so that each step's large CPU buffers do not "
-                  "page-fault again (glibc only; see ringmoe_jax/parallel/host_memory.py).")
+flags.DEFINE_bool("reuse_host_memory", False,
+                  "CPU runs with large buffers (many experts, big batches): keep freed host memory "
+                  "mapped so that each step's large buffers do not page-fault again. Off by "
+                  "default: it puts every thread on one malloc arena, which slowed the tiny run "
+                  "2.3x (glibc only; see ringmoe_jax/parallel/host_memory.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

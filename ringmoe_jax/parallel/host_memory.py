@@ -11,13 +11,17 @@ not trimming the heap (M_TRIM_THRESHOLD) makes the next step reuse the pages alr
 provided that every thread allocates from the one main heap (M_ARENA_MAX=1): XLA's worker
 threads would otherwise get per-thread arenas, whose 64 MiB heaps glibc still maps and unmaps
 (measured: the MoE benchmark's page faults only vanish with all three settings).
-The cost is that the process keeps its peak heap until it exits, which is what a training or
-benchmark process does anyway; large requests still succeed (glibc falls back to mmap for the
-main heap when brk cannot grow). Accelerator memory is not affected.
+Costs: the process keeps its peak heap until it exits; and with one arena, threads that malloc
+often contend for its lock: the tiny pre-training run (small buffers, a threaded input
+pipeline) fell from 2.05 to 0.86 steps/s (0.89 with the arena limit alone, 1.99 with the other
+two settings alone; 2026-11-30). So it pays only where big buffers dominate, as in the MoE layer
+benchmark, and ringmoe_jax.main applies it only when asked (--reuse_host_memory). Large
+requests still succeed (glibc falls back to mmap for the main heap when brk cannot grow).
+Accelerator memory is not affected.
 
-`reuse_freed_memory()` is called by ringmoe_jax.main (flag --reuse_host_memory) and the
-benchmarks before JAX starts its threads (threads that already own an arena keep it); it does
-nothing, and says so, where the C library is not glibc.
+`reuse_freed_memory()` is called by the benchmarks, and by ringmoe_jax.main with
+--reuse_host_memory, before JAX starts its threads (threads that already own an arena keep it);
+it does nothing, and says so, where the C library is not glibc.
 """
 from __future__ import annotations
 
