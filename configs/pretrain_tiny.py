@@ -4,6 +4,13 @@ laptop CPU in minutes, on simulated co-registered multi-modal scenes.
 
   python -m ringmoe_jax.main --config=configs/pretrain_tiny.py --workdir=/tmp/ringmoe_tiny
 
+prints `step=<n> loss=... steps/s=...` every 10 steps and ends with (2-core CPU, one device, the
+native MoE kernel; fresh clone of 94980b3, 2026-11-30, 2.0 steps/s):
+  first_loss=14.2894 last_loss=4.8740 ratio=0.341
+(Up to eb0f26a the CPU default was the XLA-op kernel, `--config.moe.dispatcher=dropless_blocked`,
+also used where the native kernel does not build: last_loss=4.9860 ratio=0.349; its sums run in
+another order.)
+
 Objective (all terms on; each reported on its own in metrics.jsonl, see
 ringmoe_jax/objectives/objective.py): SimMIM block masking; opt and ms reconstructed in
 reflectance units (one physical scale for every optical sensor) with spectral angle and
