@@ -84,7 +84,7 @@ def dropless(x: jax.Array, decision: RoutingDecision, weights, *, kernel: str,
   """x (T, D) -> (T, D) through every kept choice's expert, no capacity.
 
   weights: (w1 (E, D, F), b1 (E, F), w2 (E, F, D), b2 (E, D)) in the compute dtype.
-  kernel: 'ragged', 'blocked' or 'native' (grouped.py).
+  kernel: 'ragged', 'blocked' (grouped.py) or 'native' (native.py).
   """
   t, d = x.shape
   k = decision.expert_index.shape[1]
