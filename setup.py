@@ -28,7 +28,7 @@ setup(
     package_data={"ringmoe_jax.moe": ["native/*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "spyndex>=0.6", "rasterio>=1.3"],
+        "test": ["pytest>=8", "spyndex>=0.6", "rasterio>=1.3", "scikit-learn>=1.3"],
         "geo": ["rasterio>=1.3"],
         "plots": ["matplotlib>=3.8"],
     },
