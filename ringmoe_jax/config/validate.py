@@ -4,6 +4,8 @@ Each error names the config field, the value and what was expected.
 """
 from __future__ import annotations
 
+from ringmoe_jax.errors import UserError
+
 import jax.numpy as jnp
 
 from ringmoe_jax.moe.dispatch import DISPATCHERS
@@ -12,7 +14,7 @@ from ringmoe_jax.objectives.targets import KIND_MODALITIES, TARGET_KINDS, target
 from ringmoe_jax.sensors.modalities import MODALITIES
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """An invalid configuration value."""
 
 

@@ -29,6 +29,8 @@ Bad input prints `error: <file>: <problem>` and exits with status 2.
 """
 from __future__ import annotations
 
+from ringmoe_jax.errors import UserError
+
 import argparse
 import datetime
 import json
@@ -46,7 +48,7 @@ MANIFEST_FORMAT = "ringmoe-tiles"
 MANIFEST_VERSION = 1
 
 
-class IngestError(ValueError):
+class IngestError(UserError):
   """Bad input; `str()` is '<file>: <problem>'."""
 
   def __init__(self, where: str, problem: str):

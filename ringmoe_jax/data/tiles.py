@@ -24,6 +24,8 @@ chunk) and read with `grain.sources.ArrayRecordDataSource` + `decode_tile`; erro
 """
 from __future__ import annotations
 
+from ringmoe_jax.errors import UserError
+
 import os
 from typing import Any, Mapping, Sequence
 
@@ -35,7 +37,7 @@ TILE_FORMAT_VERSION = 1
 SHARD_SUFFIX = ".arrayrecord"
 
 
-class TileFormatError(ValueError):
+class TileFormatError(UserError):
   """A shard or record that cannot be read; the message names the file."""
 
 

@@ -270,6 +270,7 @@ class RingMoEEncoder(nnx.Module):
     self.final_norm = _layer_norm(cfg.stage_dim(cfg.num_stages - 1), pdt, rngs)
 
   def __call__(self, pixels: jax.Array, modality: jax.Array, *,
+               sensor: jax.Array | None = None,
                mask: jax.Array | None = None, valid: jax.Array | None = None,
                train: bool = True) -> tuple[list[jax.Array], dict[str, Any]]:
     """Encode a batch.
@@ -277,6 +278,8 @@ class RingMoEEncoder(nnx.Module):
     Args:
       pixels: (B, H, W, Cmax) normalised pixels; channels past a modality's count are ignored.
       modality: (B,) int32 modality id of each tile (from its sensor tag).
+      sensor: (B,) int32 registry index of each tile's sensor (the patch embedding may use it;
+        the fixed per-modality embedding does not). Callers pass it where they have it.
       mask: (B, H/p, W/p) bool, True = replace that patch by the mask token (SimMIM).
       valid: (B, H, W) valid-pixel mask; tokens without any valid pixel route to no expert.
       train: training (capacity_factor) or evaluation (eval_capacity_factor) routing.

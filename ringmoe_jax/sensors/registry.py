@@ -11,6 +11,8 @@ Axes: H/W pixels, C channels of one sensor (= its number of bands).
 """
 from __future__ import annotations
 
+from ringmoe_jax.errors import UserError
+
 import dataclasses
 import json
 import math
@@ -309,7 +311,7 @@ class Sensor:
       raise ValueError(f"{owner}: {e}") from None
 
 
-class UnknownSensorError(KeyError, ValueError):
+class UnknownSensorError(KeyError, UserError):
   """A sensor tag that is not in the registry (catchable as KeyError or ValueError)."""
 
   def __str__(self) -> str:
