@@ -11,20 +11,30 @@ from ringmoe_jax.objectives.simmim import SimMIMModel
 from ringmoe_jax.sensors.modalities import MODALITIES
 
 
-def make_model(config, seed: int | None = None) -> SimMIMModel:
-  """The SimMIM model of `config`. Parameters are created unsharded (eager sharding off);
-  the trainer places them on the mesh from their logical names."""
+def encoder_configs(config) -> tuple[EncoderConfig, MoEConfig]:
+  """The backbone's plain-data configs from config.model / moe / remat / mesh."""
   channels = [int(config.model.in_channels[m]) for m in MODALITIES]
   enc_cfg = EncoderConfig.from_config(config.model, channels)
   remat = config.get("remat", {})
   enc_cfg = dataclasses.replace(enc_cfg, scan_blocks=bool(remat.get("scan_blocks", True)),
                                 remat=str(remat.get("policy", "none")),
                                 route_per_shard=bool(config.mesh.get("route_per_shard", False)))
-  moe_cfg = MoEConfig.from_config(config.moe, len(MODALITIES))
+  return enc_cfg, MoEConfig.from_config(config.moe, len(MODALITIES))
+
+
+def make_encoder(config, rngs: nnx.Rngs) -> RingMoEEncoder:
+  """The RingMoE encoder of `config` (pre-training and every downstream task build this)."""
+  enc_cfg, moe_cfg = encoder_configs(config)
+  return RingMoEEncoder(enc_cfg, moe_cfg, rngs=rngs)
+
+
+def make_model(config, seed: int | None = None) -> SimMIMModel:
+  """The SimMIM model of `config`. Parameters are created unsharded (eager sharding off);
+  the trainer places them on the mesh from their logical names."""
   kinds = [config.mim.targets[m] for m in MODALITIES]
   rngs = nnx.Rngs(config.seed if seed is None else seed)
   with nnx.use_eager_sharding(False):
-    return SimMIMModel(RingMoEEncoder(enc_cfg, moe_cfg, rngs=rngs), kinds, rngs=rngs)
+    return SimMIMModel(make_encoder(config, rngs), kinds, rngs=rngs)
 
 
 def abstract_model(config) -> SimMIMModel:
