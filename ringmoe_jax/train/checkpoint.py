@@ -52,6 +52,14 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return r.state, r.data, r.meta
 
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """The JSON meta item of `step` (config, sensors, routing counts) without the arrays."""
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def state_metadata(self, step: int) -> Any:
+    """Shapes / dtypes of the saved state tree (nothing is read from the arrays)."""
+    return self.manager.item_metadata(step)["state"]
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

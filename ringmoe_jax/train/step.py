@@ -1,4 +1,8 @@
-"""The jitted pre-training step: loss, gradients, AdamW update, routing counters.
+"""The jitted training step of any task: loss, gradients, optimizer update, routing counters.
+
+The task (`tasks/`) gives the loss; pre-training is the task 'pretrain'. `trainable` (a pytree
+of bools like the params, from the fine-tuning mode) keeps frozen leaves as they were: they are
+not even added a zero update, so they stay bit-identical.
 
 Metrics come back as device arrays; the host reads them only on logging steps.
 
@@ -16,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ringmoe_jax.objectives.simmim import simmim_loss
-from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.train.state import StateBuilder
 
 
@@ -28,14 +30,25 @@ def batch_spec(example: dict[str, Any], batch_size: int) -> dict[str, jax.ShapeD
           for k, v in example.items()}
 
 
-def make_train_step(builder: StateBuilder, config, *, jit: bool = True):
-  """Returns step(state, batch) -> (state, metrics), jitted with donated state."""
+def make_train_step(builder: StateBuilder, config, *, task=None, trainable=None,
+                    jit: bool = True):
+  """Returns step(state, batch) -> (state, metrics), jitted with donated state.
+
+  task: a `tasks.base.Task` (default: the config's task); trainable: pytree of bools over the
+  params (None: all train)."""
+  if task is None:
+    from ringmoe_jax.tasks import get_task  # pylint: disable=import-outside-toplevel
+    task = get_task(config)
   base_key = jax.random.PRNGKey(config.seed)
 
   def loss_fn(params, batch, key):
     model = builder.merge(params)
-    loss, aux = simmim_loss(model, batch, key, config, train=True)
-    return loss, aux
+    return task.loss(model, batch, key, config, train=True)
+
+  def apply(new, old):
+    if trainable is None:
+      return new
+    return jax.tree.map(lambda t, n, o: n if t else o, trainable, new, old)
 
   def step(state: dict[str, Any], batch: dict[str, jax.Array]):
     # The mask depends only on (seed, step): a resumed run draws the same masks.
@@ -45,7 +58,7 @@ def make_train_step(builder: StateBuilder, config, *, jit: bool = True):
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = builder.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    params = apply(optax.apply_updates(state["params"], updates), state["params"])
     routing = aux.pop("routing")
     counts = {k: state["routing_counts"][k] + routing[k]["tokens_per_expert"].astype(jnp.float32)
               for k in state["routing_counts"]}
@@ -60,9 +73,8 @@ def make_train_step(builder: StateBuilder, config, *, jit: bool = True):
                  "max_nonfinite_streak": jnp.maximum(state["max_nonfinite_streak"], streak)}
     metrics = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
     metrics["loss"] = loss  # the loss that was differentiated (a skipped step shows its NaN)
-    for i, name in enumerate(MODALITIES):
-      metrics[f"loss_{name}"] = aux["loss_per_modality"][i]
-      metrics[f"pixels_{name}"] = aux["mim_pixels_per_modality"][i]
+    if hasattr(task, "step_metrics"):
+      metrics.update(task.step_metrics(aux))
     metrics["grad_norm"] = grad_norm
     metrics["skipped_steps"] = new_state["skipped_steps"]
     metrics["nonfinite_streak"] = streak

@@ -1,5 +1,10 @@
-"""The pre-training loop, top to bottom: config, mesh, input, model + optimizer, state,
-checkpoint / resume, loop (log, checkpoint, stop on a signal).
+"""The training loop of every task (pre-training and fine-tuning), top to bottom: config, task,
+mesh, input, model + optimizer, state, checkpoint / resume (or the encoder of a pre-training run:
+`init_checkpoint`), loop (log, evaluate, checkpoint, stop on a signal).
+
+The task (`config.task.name`, tasks/) gives the model, loss, data and metrics; everything else
+is shared. Fine-tuning evaluates on the held-out split every `train.eval_every` steps (and at
+the end), logged as `eval/<metric>` in metrics.jsonl / TensorBoard.
 
 Faults:
 - SIGINT / SIGTERM (a preemption notice) ask the loop to stop: it finishes the current step,
@@ -29,16 +34,16 @@ from absl import logging
 
 from ringmoe_jax.config.validate import validate
 from ringmoe_jax.data import pipeline as pipeline_lib
-from ringmoe_jax.data import sources
 from ringmoe_jax.parallel.mesh import make_mesh
 from ringmoe_jax.parallel.sharding import batch_sharding, rules_for
 from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.sensors.registry import default_registry
 from ringmoe_jax.train.checkpoint import Checkpointer
 from ringmoe_jax.train.metrics_log import MetricWriter
-from ringmoe_jax.train.model import count_params
-from ringmoe_jax.train.optim import make_optimizer
-from ringmoe_jax.train.state import StateBuilder
+from ringmoe_jax.tasks import get_task
+from ringmoe_jax.train import init_from
+from ringmoe_jax.train.evaluation import evaluate_state
+from ringmoe_jax.train.setup import make_builder
 from ringmoe_jax.train.step import make_train_step
 
 
@@ -82,32 +87,54 @@ class _StopFlag:
       signal.signal(s, h)
 
 
-def build_registry(config):
-  """The default sensor registry plus config.data.sensor_files; checks the sensors in use."""
+def build_registry(config, saved=None):
+  """The training sensor registry; checks the sensors in use against model.in_channels.
+
+  The default registry, + config.data.sensor_files, + the sensors that the manifests of
+  arrayrecord data.paths (ingestion directories or shard files) define. With `saved` (the
+  SensorRegistry of a checkpoint's meta) the result keeps saved's sensors with their ids and
+  appends the new ones (`merge_registries`: a name defined differently keeps the saved one).
+  The sensors in use are data.sensors, or for arrayrecord with data.sensors empty the shards'.
+  """
+  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.config.validate import ConfigError
+  from ringmoe_jax.data import sources
+  from ringmoe_jax.sensors.registry import UnknownSensorError, merge_registries
+  d = config.data
   reg = default_registry()
-  for path in config.data.sensor_files:
+  for path in d.sensor_files:
     reg.load_file(path)
-  for name in config.data.sensors:
-    sensor = reg.get(name)  # unknown sensor: error listing the registered ones
+  in_use = tuple(d.sensors)
+  if d.get("source") == "arrayrecord" and d.get("paths"):
+    found = sources.sensors_in(d.paths, reg)
+    in_use = in_use or found
+  if saved is not None:
+    reg = merge_registries(saved, reg)
+  for name in in_use:
+    try:
+      sensor = reg.get(name)
+    except UnknownSensorError as e:
+      raise UnknownSensorError(f"data.sensors: {e}") from None
     want = int(config.model.in_channels[sensor.modality])
     if sensor.num_channels != want:
-      raise ValueError(f"sensor {name!r} ({sensor.modality}) has {sensor.num_channels} "
-                       f"channels but model.in_channels.{sensor.modality} is {want}")
+      raise ConfigError(f"sensor {name!r} ({sensor.modality}) has {sensor.num_channels} "
+                        f"channels but model.in_channels.{sensor.modality} is {want}; set "
+                        f"--config.model.in_channels.{sensor.modality}={sensor.num_channels} "
+                        "or ingest a band subset of the sensor (--bands)")
   return reg
 
 
-def make_data(config, registry):
-  """The training iterator: config.data's source, this process's shard, batches of
-  data.batch_size / process_count tiles."""
-  d = config.data
-  source = sources.make_source(d, registry, config.seed)
-  max_channels = max(int(config.model.in_channels[m]) for m in MODALITIES)
-  ds = pipeline_lib.make_dataset(
-      source, registry=registry, batch_size=d.batch_size // jax.process_count(),
-      crop_size=config.model.img_size, max_channels=max_channels, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      min_tile_size=config.model.patch_size)  # a tile smaller than one patch is an error
-  return pipeline_lib.make_iterator(ds, num_workers=d.num_workers)
+def make_data(config, registry, task=None):
+  """The training iterator: the task's data, this process's shard, batches of
+  data.batch_size / process_count examples."""
+  task = get_task(config) if task is None else task
+  ds = task.make_dataset(config, registry, "train",
+                         batch_size=config.data.batch_size // jax.process_count(),
+                         shard_index=jax.process_index(), shard_count=jax.process_count())
+  return pipeline_lib.make_iterator(ds, num_workers=config.data.num_workers)
+
+
+_SHORT = {"recon_loss": "recon", "balance_loss": "balance"}  # pre-training's printed names
 
 
 class _Throughput:
@@ -135,7 +162,7 @@ class _Throughput:
 
 
 def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dict[str, Any]:
-  """Runs (or resumes) pre-training to config.train.total_steps; returns final metrics.
+  """Runs (or resumes) the config's task to config.train.total_steps; returns final metrics.
 
   max_steps_this_run: stop (with a checkpoint) after this many steps, e.g. to fit a job into a
   time slot; the next call resumes exactly where this one stopped.
@@ -143,35 +170,51 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   primary = jax.process_index() == 0
+  task = get_task(config)
 
   # Mesh.
   mesh = make_mesh(config.mesh)
   rules = rules_for(config)
 
-  # Input.
-  registry = build_registry(config)
-  data_iter = make_data(config, registry)
-
-  # Model, optimizer, state on the mesh.
-  total = config.train.total_steps
-  tx = make_optimizer(config.optim, config.data.batch_size, total)
-  builder = StateBuilder.from_config(config, tx, mesh, rules)  # init() creates the params
-  train_step = make_train_step(builder, config)
-  logging.info("parameters: %d", count_params(builder.model))
-
-  # Checkpoint / resume.
+  # Checkpoints: our own (resume) or, for a fresh fine-tune, a pre-training run's encoder.
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=config.train.max_to_keep,
                       async_save=config.train.async_checkpoint)
   latest = ckpt.latest_step()
+  init_dir = str(config.get("init_checkpoint", "") or "")
+  source_run = None
+  if latest is not None:
+    saved_sensors = ckpt.read_meta(latest).get("sensors")
+  elif init_dir:
+    source_run = init_from.PretrainedRun(init_dir)
+    saved_sensors = source_run.meta.get("sensors")
+  else:
+    saved_sensors = None
+
+  # Input. The registry saved with the checkpoint wins (stable sensor ids and normalisation).
+  registry = init_from.with_saved_sensors(build_registry(config), saved_sensors)
+  data_iter = make_data(config, registry, task)
+
+  # Model, optimizer, state on the mesh.
+  total = config.train.total_steps
+  setup = make_builder(config, task, mesh, rules)
+  builder = setup.builder
+  train_step = make_train_step(builder, config, task=task, trainable=setup.trainable)
+  if primary:
+    print(setup.describe(), flush=True)
+
   if latest is not None:
     state, data_state, _ = ckpt.restore(latest, builder.abstract)
     data_iter.set_state(data_state)
     print(f"resumed from step {int(state['step'])}", flush=True)
   else:
     state = builder.init()
+    if source_run is not None:
+      state = source_run.load_encoder_into(state, builder, config)
+      print(f"encoder from {source_run.describe()}", flush=True)
 
-  meta = {"config": json.loads(config.to_json_best_effort()),
+  meta = {"config": json.loads(config.to_json_best_effort()), "task": task.name,
+          "init_checkpoint": None if source_run is None else source_run.describe(),
           "sensors": json.loads(registry.to_json()),
           "modalities": list(MODALITIES)}
 
@@ -197,6 +240,8 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
     ckpt.save(step_, state, data_iter.get_state(), meta, force=force)
 
   writer = MetricWriter(workdir, is_primary=primary)
+  eval_every = int(config.train.get("eval_every", 0) or 0) if task.name != "pretrain" else 0
+  eval_metrics: dict[str, float] = {}
   step = int(state["step"])
   stop_at = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
   losses: list[float] = []
@@ -235,9 +280,16 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
         host_metrics["steps_per_sec"] = timer.rate(step)
         writer.write(step, host_metrics)
         if primary:
-          print(f"step={step} loss={loss:.4f} recon={float(host_metrics['recon_loss']):.4f} "
-                f"balance={float(host_metrics['balance_loss']):.4f} "
+          shown = " ".join(f"{_SHORT.get(k, k)}={float(host_metrics[k]):.4f}"
+                           for k in task.log_keys if k in host_metrics)
+          print(f"step={step} loss={loss:.4f} {shown} "
                 f"steps/s={timer.rate(step):.2f} eta={timer.eta(step, total)}", flush=True)
+      if eval_every and (step % eval_every == 0 or step == total):
+        eval_metrics = evaluate_state(task, config, builder, state, registry, mesh)
+        writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        if primary:
+          print(f"eval step={step} {task.main_metric}={eval_metrics[task.main_metric]:.4f}",
+                flush=True)
       if step % config.train.checkpoint_every == 0 or step == stop_at:
         save(step)
     if stop.signum is not None and ckpt.latest_step() != step:
@@ -251,4 +303,4 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
     print(f"first_loss={losses[0]:.4f} last_loss={losses[-1]:.4f} "
           f"ratio={losses[-1] / losses[0]:.3f}", flush=True)
   return {"step": step, "losses": losses, "metrics": host_metrics, "state": state,
-          "stopped_by_signal": stop.signum}
+          "eval": eval_metrics, "stopped_by_signal": stop.signum}
