@@ -44,3 +44,26 @@ def assert_close_to_reference(actual, desired, rtol: float = 1e-5, err_msg: str 
   scale = float(np.max(np.abs(desired))) if desired.size else 0.0
   np.testing.assert_allclose(actual, desired, rtol=rtol, atol=0.1 * rtol * scale,
                              err_msg=err_msg)
+
+
+def micro_finetune_config(task: str, arg: str = "", **overrides):
+  """configs/finetune_<task>.py with micro_config's encoder: 32 px, embed 16, batch 8, tiny
+  heads, 64 training and 16 evaluation records. The encoder matches micro_config (so a micro
+  pre-training run can be its init_checkpoint)."""
+  c = load_config(f"finetune_{task}" + (f":{arg}" if arg else ""))
+  m = micro_config()
+  c.model.update(m.model.to_dict())
+  c.mim.mask_cell = m.mim.mask_cell
+  c.task.update(num_records=64, eval_records=16, tile_size=40, head_channels=16, num_bins=8)
+  c.finetune.adapter_dim = 4
+  c.data.update(batch_size=8)
+  c.optim.update(base_lr=2e-3, base_batch=8, warmup_steps=2, schedule_steps=12)
+  c.train.update(total_steps=6, log_every=2, checkpoint_every=3, eval_every=0,
+                 async_checkpoint=False)
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c

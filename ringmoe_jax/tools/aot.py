@@ -60,24 +60,18 @@ class _CaptureFd2:
 
 
 def example_batch(config) -> dict[str, Any]:
-  """One small batch (one co-registration group) from the config's own pipeline: its keys,
-  dtypes and tile shapes."""
-  from ringmoe_jax.data import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.data import sources  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.sensors.modalities import MODALITIES  # pylint: disable=import-outside-toplevel
+  """One small batch from the config's task pipeline (pre-training: one co-registration group):
+  its keys, dtypes and per-example shapes."""
+  from ringmoe_jax.tasks import get_task  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.trainer import build_registry  # pylint: disable=import-outside-toplevel
-  registry = build_registry(config)
-  d = config.data
-  source = sources.make_source(d, registry, config.seed)
-  ds = pipeline_lib.make_dataset(
-      source, registry=registry, batch_size=max(1, int(d.get('co_registered', 1))), crop_size=config.model.img_size,
-      max_channels=max(int(config.model.in_channels[m]) for m in MODALITIES), seed=config.seed,
-      min_tile_size=config.model.patch_size)
-  return ds[0]
+  task = get_task(config)
+  n = max(1, int(config.data.get("co_registered", 1))) if task.name == "pretrain" else 1
+  return task.make_dataset(config, build_registry(config), "train", batch_size=n)[0]
 
 
 def compile_step(config, *, batch_size: int | None = None) -> dict[str, Any]:
-  """Lower + compile the train step of `config` on all jax.devices(); nothing allocated.
+  """Lower + compile the train step of `config` (any task) on all jax.devices(); nothing
+  allocated.
 
   Returns compile_seconds, memory (bytes per device: argument, output, temp, alias, total),
   the captured XLA log and the number of involuntary-remat warnings in it.
@@ -86,18 +80,17 @@ def compile_step(config, *, batch_size: int | None = None) -> dict[str, Any]:
   from ringmoe_jax.config.validate import validate  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.parallel.mesh import make_mesh  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.parallel.sharding import batch_sharding, rules_for  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.model import abstract_model  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.state import StateBuilder  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.tasks import get_task  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.setup import make_builder  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.step import batch_spec, make_train_step  # pylint: disable=import-outside-toplevel
 
   validate(config)
   b = config.data.batch_size if batch_size is None else batch_size
   mesh = make_mesh(config.mesh)
-  model = abstract_model(config)
-  tx = make_optimizer(config.optim, b, config.train.total_steps)
-  builder = StateBuilder(model, tx, mesh, rules_for(config))
-  step = make_train_step(builder, config)
+  task = get_task(config)
+  setup = make_builder(config, task, mesh, rules_for(config))
+  builder = setup.builder
+  step = make_train_step(builder, config, task=task, trainable=setup.trainable)
   batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding(mesh, len(s.shape)))
            for k, s in batch_spec(example_batch(config), b).items()}
   t0 = time.perf_counter()
