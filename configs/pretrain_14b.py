@@ -25,7 +25,7 @@ Parallelism: mesh fsdp=64 x expert=4 x data=(rest) with the 'fsdp_expert' preset
 blocks are scanned in pairs and rematerialised ('full') in the backward pass. Check a mesh before
 renting it:  python -m ringmoe_jax.tools.aot --config=configs/pretrain_14b.py --devices=512
 """
-from ringmoe_jax.config.args import parse_arg
+from ringmoe_jax.config.args import check_choice, parse_arg
 from ringmoe_jax.config.defaults import base_config
 
 SIZES = {
@@ -37,8 +37,7 @@ SIZES = {
 
 def get_config(arg=None):
   a = parse_arg(arg, size="14b", runlocal=False)
-  if a["size"] not in SIZES:
-    raise ValueError(f"size={a['size']!r}; expected one of {', '.join(SIZES)}")
+  check_choice(a, "size", SIZES)
   c = base_config()
   c.model.update(img_size=192, window_size=12, dtype="bfloat16", param_dtype="float32",
                  **SIZES[a["size"]])

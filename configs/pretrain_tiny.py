@@ -44,7 +44,7 @@ Choices the paper does not fix at this size: 64 px crops (tiles 80 px), embed 32
 learning rate of 1e-3 (the paper's 2.5e-4 per 512 is for a 14.7B model and 400M tiles).
 Physics weights (choice): complex 1, SAM 1 (radians), indices 1, contrastive 1.
 """
-from ringmoe_jax.config.args import parse_arg
+from ringmoe_jax.config.args import check_choice, parse_arg
 from ringmoe_jax.config.defaults import base_config
 
 PHYSICS = ("all", "paper", "none")
@@ -53,10 +53,9 @@ PHYSICS = ("all", "paper", "none")
 def get_config(arg=None):
   a = parse_arg(arg, steps=300, batch=32, dense=False, physics="all", contrastive="on",
                 masking="simmim")
-  if a["physics"] not in PHYSICS:
-    raise ValueError(f"physics={a['physics']!r}; expected one of {PHYSICS}")
-  if a["contrastive"] not in ("on", "off", True, False):
-    raise ValueError(f"contrastive={a['contrastive']!r}; expected on or off")
+  check_choice(a, "physics", PHYSICS)
+  check_choice(a, "contrastive", ("on", "off", True, False))
+  check_choice(a, "masking", ("simmim", "pimask"))
   c = base_config()
   c.model.update(img_size=64, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16),
                  window_size=4, cpb_hidden=64)

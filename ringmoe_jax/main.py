@@ -9,13 +9,17 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID). See ringmoe_jax/parallel/distributed.py and 
 
 Exit status: 0 when training finished (or stopped by a signal with the default
 --exit_code_on_preempt=0); --exit_code_on_preempt after SIGTERM/SIGINT made the run save and
-stop (the launch scripts pass 42 so a scheduler can requeue); 1 on an error, including
-NonFiniteLossError (train.max_consecutive_nonfinite NaN/Inf steps in a row).
+stop (the launch scripts pass 42 so a scheduler can requeue); 2 on a configuration or input error
+(a bad flag, config variant or field, sensor, data path: one `error: ...` line); 1 on any other
+error, with its traceback, including NonFiniteLossError (train.max_consecutive_nonfinite NaN/Inf
+steps in a row).
 """
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from ringmoe_jax.errors import parse_absl_flags, run_cli
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config(arg)).",
                                 lock_config=True)
@@ -33,8 +37,7 @@ flags.DEFINE_bool("reuse_host_memory", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  del argv
+def _train():
   from absl import logging  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.parallel import distributed, host_memory  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
@@ -44,10 +47,16 @@ def main(argv):
   distributed.initialize(coordinator_address=f.coordinator_address,
                          num_processes=f.num_processes, process_id=f.process_id)
   from ringmoe_jax.train.trainer import train  # after flags: keeps --help fast
-  result = train(f.config, f.workdir)
+  return train(f.config, f.workdir)
+
+
+def main(argv):
+  del argv
+  # A config or input error: one 'error: ...' line and exit status 2 (ringmoe_jax/errors.py).
+  result = run_cli(_train)
   if result.get("stopped_by_signal") is not None:
-    sys.exit(f.exit_code_on_preempt)
+    sys.exit(flags.FLAGS.exit_code_on_preempt)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_absl_flags)

@@ -4,10 +4,9 @@ Each error names the config field, the value and what was expected.
 """
 from __future__ import annotations
 
-from ringmoe_jax.errors import UserError
-
 import jax.numpy as jnp
 
+from ringmoe_jax.errors import UserError
 from ringmoe_jax.moe.dispatch import DISPATCHERS
 from ringmoe_jax.objectives.physics import INDICES
 from ringmoe_jax.objectives.targets import KIND_MODALITIES, TARGET_KINDS, target_channels
@@ -16,6 +15,9 @@ from ringmoe_jax.sensors.modalities import MODALITIES
 
 class ConfigError(UserError):
   """An invalid configuration value."""
+
+
+SOURCES = ("synthetic", "simulator", "arrayrecord")  # data.source (data/sources.make_source)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -93,7 +95,14 @@ def validate(c) -> None:
 
   d = c.data
   _check(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be >= 1")
-  _check(len(d.sensors) > 0, "data.sensors is empty")
+  source = d.get("source", "synthetic")
+  _check(source in SOURCES, f"data.source={source!r}; expected one of {', '.join(SOURCES)}")
+  if source == "arrayrecord":
+    _check(len(d.get("paths", ())) > 0, "data.source='arrayrecord' needs data.paths: ingestion "
+           "output directories (with manifest.json) or shard files")
+  else:  # arrayrecord with data.sensors empty trains on the sensors of the shards' manifests
+    _check(len(d.sensors) > 0, f"data.sensors is empty; list the sensors to generate for "
+           f"data.source={source!r} (only 'arrayrecord' takes them from the shards)")
   if d.weights is not None:
     _check(len(d.weights) == len(d.sensors) and all(w >= 0 for w in d.weights)
            and sum(d.weights) > 0, f"data.weights={tuple(d.weights)} must be one non-negative "

@@ -29,8 +29,6 @@ Bad input prints `error: <file>: <problem>` and exits with status 2.
 """
 from __future__ import annotations
 
-from ringmoe_jax.errors import UserError
-
 import argparse
 import datetime
 import json
@@ -42,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ringmoe_jax.data import tiles as tiles_lib
+from ringmoe_jax.errors import EXIT_USER_ERROR, UserError, format_error, run_cli
 from ringmoe_jax.sensors.registry import Band, Sensor, SensorRegistry, default_registry
 
 MANIFEST_FORMAT = "ringmoe-tiles"
@@ -395,11 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                group=args.group, records_per_shard=args.records_per_shard, time=args.time,
                registry=registry)
   except IngestError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    print(format_error(e), file=sys.stderr)
+    return EXIT_USER_ERROR
   except OSError as e:
     print(f"error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
-    return 2
+    return EXIT_USER_ERROR
   print(f"wrote {m['tiles_written']} tiles to {len(m['shards'])} shard(s) in {args.output}; "
         f"dropped {m['tiles_dropped']['nodata_fraction']} (nodata fraction > "
         f"{args.max_nodata_fraction}); masked {m['pixels_masked']['nonfinite']} NaN/Inf and "
@@ -408,4 +407,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run_cli(main))  # any other UserError too: one 'error:' line, exit status 2

@@ -56,7 +56,7 @@ import grain
 import numpy as np
 
 from ringmoe_jax.data import augment as augment_lib
-from ringmoe_jax.data.records import validate_record
+from ringmoe_jax.data.records import RecordError, validate_record
 from ringmoe_jax.data.sources import Mixture
 from ringmoe_jax.sensors.modalities import modality_id
 from ringmoe_jax.sensors.registry import SensorRegistry
@@ -174,8 +174,8 @@ class ToExample(grain.transforms.Map):
     sensor = self._registry.get(element["sensor"])
     c = sensor.num_channels
     if c > self._max_channels:
-      raise ValueError(f"sensor {sensor.name!r} has {c} channels but max_channels is "
-                       f"{self._max_channels}")
+      raise RecordError(f"sensor {sensor.name!r} has {c} channels but the batch holds "
+                        f"max_channels={self._max_channels} (the largest model.in_channels)")
     pad = [(0, 0), (0, 0), (0, self._max_channels - c)]
     example = {
         "pixels": np.pad(np.ascontiguousarray(element["pixels"], np.float32), pad),

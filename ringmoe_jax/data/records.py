@@ -3,8 +3,8 @@
 A record is a dict with at least `"sensor"` (registry name) and `"pixels"` (H, W, C) floating
 point; `"valid"` (H, W) is optional (all valid when absent). Structural problems (unknown sensor,
 wrong rank or channel count, tile smaller than one patch, mask shape, integer pixels) raise a
-ValueError that names the sensor, the record (`where`) and the expected shape, because they mean
-the ingestion is wrong. Bad values do not: NaN/Inf pixels and nodata-filled pixels become invalid
+RecordError (a ValueError) that names the sensor, the record (`where`) and the expected shape,
+because they mean the ingestion is wrong. Bad values do not: NaN/Inf pixels and nodata-filled pixels become invalid
 (pixels 0), and are counted, since real scenes have them.
 """
 from __future__ import annotations
@@ -13,7 +13,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ringmoe_jax.errors import UserError
 from ringmoe_jax.sensors.registry import SensorRegistry
+
+
+class RecordError(UserError):
+  """A tile record that does not fit its sensor (names the record, the sensor and the expected
+  shape): the ingestion or the dataset reader is wrong."""
 
 
 def validate_record(record: Mapping[str, Any], registry: SensorRegistry, min_size: int,
@@ -33,35 +39,35 @@ def validate_record(record: Mapping[str, Any], registry: SensorRegistry, min_siz
     `stats` = {"nonfinite_pixels": n, "nodata_pixels": m, "invalid_pixels": total invalid}.
 
   Raises:
-    ValueError: the record does not fit its sensor.
+    RecordError: the record does not fit its sensor.
   """
   prefix = f"{where}: " if where else ""
   name = record.get("sensor") if isinstance(record, Mapping) else None
   if not isinstance(name, str):
-    raise ValueError(f"{prefix}record has no 'sensor' tag (a registry name; registered: "
+    raise RecordError(f"{prefix}record has no 'sensor' tag (a registry name; registered: "
                      f"{', '.join(registry.names())})")
   if name not in registry:
-    raise ValueError(f"{prefix}unknown sensor {name!r}; registered: {', '.join(registry.names())}")
+    raise RecordError(f"{prefix}unknown sensor {name!r}; registered: {', '.join(registry.names())}")
   sensor = registry.get(name)
   c = sensor.num_channels
   expected = f"sensor {name!r} expects pixels of shape (H, W, {c})"
   if "pixels" not in record:
-    raise ValueError(f"{prefix}{expected}, but the record has no 'pixels'")
+    raise RecordError(f"{prefix}{expected}, but the record has no 'pixels'")
   pixels = np.asarray(record["pixels"])
   if pixels.ndim != 3 or pixels.shape[-1] != c:
-    raise ValueError(f"{prefix}{expected}, got {pixels.shape}")
+    raise RecordError(f"{prefix}{expected}, got {pixels.shape}")
   if not np.issubdtype(pixels.dtype, np.floating):
-    raise ValueError(f"{prefix}{expected} as floating point, got dtype {pixels.dtype}; convert "
+    raise RecordError(f"{prefix}{expected} as floating point, got dtype {pixels.dtype}; convert "
                      "to physical units (the sensor's scale) during ingestion")
   h, w = pixels.shape[:2]
   if h < min_size or w < min_size:
-    raise ValueError(f"{prefix}{expected} with H, W >= {min_size} (one patch), got {pixels.shape}")
+    raise RecordError(f"{prefix}{expected} with H, W >= {min_size} (one patch), got {pixels.shape}")
   if record.get("valid") is None:
     valid = np.ones((h, w), bool)
   else:
     valid = np.asarray(record["valid"])
     if valid.shape != (h, w):
-      raise ValueError(f"{prefix}sensor {name!r}: valid mask must have shape (H, W) = ({h}, {w}) "
+      raise RecordError(f"{prefix}sensor {name!r}: valid mask must have shape (H, W) = ({h}, {w}) "
                        f"like the pixels, got {valid.shape}")
     valid = valid.astype(bool)
 

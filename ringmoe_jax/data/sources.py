@@ -3,7 +3,9 @@
   data.source = "synthetic"    the foundation's per-tile generator (`synthetic.SyntheticTiles`)
   data.source = "simulator"    co-registered multi-modal scenes (`simulator.SceneSimulator`)
   data.source = "arrayrecord"  tile shards written by `python -m ringmoe_jax.data.ingest`;
-                               data.paths = output directories (with manifest.json) or shards
+                               data.paths = output directories (with manifest.json) or shard
+                               files (their directory's manifest names their sensor); an empty
+                               data.sensors trains on all the sensors of the shards
 
 Mixing. `modality_weights` (optional config key) weights the modalities: None = the sensors'
 own weights (`data.weights`, default equal per sensor) for the generators, equal per modality
@@ -22,6 +24,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ringmoe_jax.data.tiles import SHARD_SUFFIX, TileFormatError, TileRecordSource
+from ringmoe_jax.errors import UserError
 from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.sensors.registry import Sensor, SensorRegistry
 
@@ -71,11 +74,29 @@ def _shards_of(paths: Sequence[str]) -> list[tuple[str, int | None, str | None, 
         out.append((os.path.join(p, shard["path"]), int(shard["records"]), shard["sensor"],
                     defs.get(shard["sensor"])))
     else:
-      matches = sorted(glob.glob(p)) or [p]
-      out.extend((q, None, None, None) for q in matches)
+      for q in sorted(glob.glob(p)) or [p]:
+        out.append(_listed_shard(q))
   if not out:
     raise TileFormatError(f"no tile shards in {list(paths)}")
   return out
+
+
+def _listed_shard(path: str) -> tuple[str, int | None, str | None, dict | None]:
+  """A shard file named directly: its record count, sensor and sensor definition from the
+  manifest beside it when that lists it (so a derived or user sensor is known), else unknown."""
+  directory = os.path.dirname(os.path.abspath(path))
+  if os.path.isfile(os.path.join(directory, MANIFEST)):
+    m = read_manifest(directory)
+    defs = {s["name"]: s for s in m.get("sensors", [])}
+    for shard in m.get("shards", []):
+      if os.path.abspath(os.path.join(directory, shard["path"])) == os.path.abspath(path):
+        return path, int(shard["records"]), shard["sensor"], defs.get(shard["sensor"])
+  return path, None, None, None
+
+
+def _sensor_of(path: str, name: str | None) -> str:
+  """The shard's sensor: from its manifest, or for a bare shard its first record's tag."""
+  return name if name is not None else TileRecordSource([path])[0]["sensor"]
 
 
 def open_tiles(paths: str | Sequence[str]) -> TileRecordSource:
@@ -96,13 +117,24 @@ def register_manifest_sensors(paths: str | Sequence[str], registry: SensorRegist
   return added
 
 
+def sensors_in(paths: str | Sequence[str], registry: SensorRegistry) -> tuple[str, ...]:
+  """The sensors of the shards in `paths` (first-seen order), after registering the ones their
+  manifests define (`register_manifest_sensors`): the training sensors when data.sensors is
+  empty."""
+  register_manifest_sensors(paths, registry)
+  found: dict[str, None] = {}
+  for path, _, name, _ in _shards_of(paths):
+    found.setdefault(_sensor_of(path, name))
+  return tuple(found)
+
+
 def _modality_weights(spec: Any, present: Sequence[str]) -> dict[str, float]:
   """Weight per modality in `present` from None / "paper" / {modality or "sar": weight}."""
   if spec is None:
     return {m: 1.0 for m in present}
   if isinstance(spec, str):
     if spec != "paper":
-      raise ValueError(f"modality_weights={spec!r}: expected 'paper', a mapping or None")
+      raise UserError(f"data.modality_weights={spec!r}: expected 'paper', a mapping or None")
     spec = PAPER_MODALITY_WEIGHTS
   spec = dict(spec)
   sar = [m for m in present if m.startswith("sar")]
@@ -113,7 +145,7 @@ def _modality_weights(spec: Any, present: Sequence[str]) -> dict[str, float]:
     elif m.startswith("sar") and "sar" in spec:
       out[m] = float(spec["sar"]) / len(sar)
     else:
-      raise ValueError(f"modality_weights {spec} has no weight for modality {m!r}")
+      raise UserError(f"data.modality_weights {spec} has no weight for modality {m!r}")
   return out
 
 
@@ -151,7 +183,7 @@ def make_source(data_cfg: Any, registry: SensorRegistry, seed: int):
     A random-access source, or a `Mixture` of them (accepted by `pipeline.make_dataset`).
   """
   kind = _get(data_cfg, "source", "synthetic")
-  sensors = tuple(_get(data_cfg, "sensors", None) or registry.names())
+  sensors = tuple(_get(data_cfg, "sensors", None) or registry.names())  # empty: all found
   modality_weights = _get(data_cfg, "modality_weights", None)
   if kind in ("synthetic", "simulator"):
     weights = sensor_weights(sensors, registry, _get(data_cfg, "weights", None), modality_weights)
@@ -163,23 +195,23 @@ def make_source(data_cfg: Any, registry: SensorRegistry, seed: int):
     from ringmoe_jax.data.simulator import SceneSimulator  # pylint: disable=import-outside-toplevel
     return SceneSimulator(co_registered=int(_get(data_cfg, "co_registered", 1) or 1), **kwargs)
   if kind != "arrayrecord":
-    raise ValueError(f"data.source={kind!r}: expected 'synthetic', 'simulator' or 'arrayrecord'")
+    raise UserError(f"data.source={kind!r}: expected 'synthetic', 'simulator' or 'arrayrecord'")
   paths = _get(data_cfg, "paths", None)
   if not paths:
-    raise ValueError("data.source='arrayrecord' needs data.paths (ingestion output directories "
-                     "or shard files)")
+    raise UserError("data.source='arrayrecord' needs data.paths (ingestion output directories "
+                    "or shard files)")
   register_manifest_sensors(paths, registry)
   by_modality: dict[str, list[tuple[str, int | None]]] = {}
   found = set()
   for path, n, name, _ in _shards_of(paths):
-    if name is None:  # a bare shard: read its first record for the sensor tag
-      name = TileRecordSource([path])[0]["sensor"]
+    name = _sensor_of(path, name)
     found.add(name)
     if name in sensors:
       by_modality.setdefault(registry.get(name).modality, []).append((path, n))
   if not by_modality:
-    raise ValueError(f"data.paths hold sensors {sorted(found)} but data.sensors is "
-                     f"{list(sensors)}: none in common")
+    raise UserError(f"data.paths {list(paths)} hold sensors {sorted(found)} but data.sensors "
+                    f"is {list(sensors)}: none in common (leave data.sensors empty to train on "
+                    "the sensors of the shards)")
   present = sorted(by_modality, key=MODALITIES.index)
   weights = _modality_weights(modality_weights, present)
   srcs = []
@@ -191,4 +223,4 @@ def make_source(data_cfg: Any, registry: SensorRegistry, seed: int):
 
 
 __all__ = ["Mixture", "make_source", "open_tiles", "read_manifest", "register_manifest_sensors",
-           "sensor_weights", "SHARD_SUFFIX", "PAPER_MODALITY_WEIGHTS"]
+           "sensor_weights", "sensors_in", "SHARD_SUFFIX", "PAPER_MODALITY_WEIGHTS"]

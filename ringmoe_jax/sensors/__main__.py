@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from ringmoe_jax.errors import run_cli
 from ringmoe_jax.sensors.registry import SensorRegistry, default_registry
 
 
@@ -27,14 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   registry = default_registry()
   for path in args.file:
-    try:
-      registry.load_file(path)
-    except (OSError, ValueError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+    registry.load_file(path)  # a bad file: SensorDefinitionError naming file, sensor and field
   print(format_registry(registry))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run_cli(main))  # a UserError: one 'error: ...' line, exit status 2

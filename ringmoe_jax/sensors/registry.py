@@ -11,16 +11,16 @@ Axes: H/W pixels, C channels of one sensor (= its number of bands).
 """
 from __future__ import annotations
 
-from ringmoe_jax.errors import UserError
-
 import dataclasses
 import json
 import math
 import os
+import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ringmoe_jax.errors import UserError
 from ringmoe_jax.sensors.modalities import MODALITIES
 
 OPTICAL_MODALITIES = ("opt", "ms")
@@ -36,8 +36,13 @@ STORAGE_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "flo
 REGISTRY_FORMAT_VERSION = 1
 
 
+class SensorDefinitionError(UserError):
+  """An invalid sensor definition (a field of a sensor or band, a sensor file, a duplicate name);
+  the message names the file, sensor and field."""
+
+
 def _fail(owner: str, field: str, message: str) -> None:
-  raise ValueError(f"{owner}: field {field!r}: {message}")
+  raise SensorDefinitionError(f"{owner}: field {field!r}: {message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +277,8 @@ class Sensor:
         invalid values.
     """
     if not isinstance(d, Mapping):
-      raise ValueError(f"a sensor must be a mapping of fields, got {type(d).__name__}")
+      raise SensorDefinitionError(f"a sensor must be a mapping of fields, got "
+                                  f"{type(d).__name__}")
     name = d.get("name", "<unnamed>")
     owner = f"sensor {name!r}"
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -303,12 +309,12 @@ class Sensor:
       try:
         bands.append(Band(**b))
       except (ValueError, TypeError) as e:
-        raise ValueError(f"{owner}: field 'bands[{i}]': {e}") from None
+        raise SensorDefinitionError(f"{owner}: field 'bands[{i}]': {e}") from None
     kwargs["bands"] = tuple(bands)
     try:
       return cls(**kwargs)
     except TypeError as e:
-      raise ValueError(f"{owner}: {e}") from None
+      raise SensorDefinitionError(f"{owner}: {e}") from None
 
 
 class UnknownSensorError(KeyError, UserError):
@@ -332,8 +338,8 @@ class SensorRegistry:
     if not isinstance(sensor, Sensor):
       raise TypeError(f"expected a Sensor, got {type(sensor).__name__}")
     if sensor.name in self._sensors and not overwrite:
-      raise ValueError(f"sensor {sensor.name!r} is already registered; pass overwrite=True to "
-                       "replace it")
+      raise SensorDefinitionError(f"sensor {sensor.name!r} is already registered; pass "
+                                  "overwrite=True to replace it (or give the sensor a new name)")
     self._sensors[sensor.name] = sensor
 
   def get(self, name: str) -> Sensor:
@@ -378,31 +384,34 @@ class SensorRegistry:
     (`{"version": 1, "sensors": [...]}`). YAML (.yaml/.yml) needs PyYAML.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
+    try:
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+    except OSError as e:
+      raise SensorDefinitionError(f"{path}: cannot read sensor file: {e.strerror or e}") from None
     if path.endswith((".yaml", ".yml")):
       try:
         import yaml  # pylint: disable=import-outside-toplevel
       except ImportError:
-        raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
+        raise SensorDefinitionError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
                          "or write the sensors as JSON") from None
       data = yaml.safe_load(text)
     else:
       try:
         data = json.loads(text)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+        raise SensorDefinitionError(f"{path}: not valid JSON: {e}") from None
     if isinstance(data, Mapping) and "sensors" in data:
       data = data["sensors"]
     entries = [data] if isinstance(data, Mapping) else data
     if not isinstance(entries, list):
-      raise ValueError(f"{path}: expected a sensor mapping or a list of them")
+      raise SensorDefinitionError(f"{path}: expected a sensor mapping or a list of them")
     try:
       sensors = [Sensor.from_dict(e) for e in entries]
+      for s in sensors:
+        self.register(s, overwrite=overwrite)
     except ValueError as e:
-      raise ValueError(f"{path}: {e}") from None
-    for s in sensors:
-      self.register(s, overwrite=overwrite)
+      raise SensorDefinitionError(f"{path}: {e}") from None
     return [s.name for s in sensors]
 
   def to_dict(self) -> dict[str, Any]:
@@ -414,8 +423,8 @@ class SensorRegistry:
   def from_dict(cls, d: Mapping[str, Any]) -> SensorRegistry:
     version = d.get("version")
     if version != REGISTRY_FORMAT_VERSION:
-      raise ValueError(f"sensor registry format version {version!r} is not supported "
-                       f"(expected {REGISTRY_FORMAT_VERSION})")
+      raise SensorDefinitionError(f"sensor registry format version {version!r} is not "
+                                  f"supported (expected {REGISTRY_FORMAT_VERSION})")
     return cls([Sensor.from_dict(s) for s in d["sensors"]])
 
   def to_json(self) -> str:
@@ -424,6 +433,25 @@ class SensorRegistry:
   @classmethod
   def from_json(cls, text: str) -> SensorRegistry:
     return cls.from_dict(json.loads(text))
+
+
+def merge_registries(saved: SensorRegistry, current: SensorRegistry) -> SensorRegistry:
+  """Keeps the ids of a checkpoint's registry and appends the sensors that are new.
+
+  The result holds `saved`'s sensors in `saved`'s order (so their ids, stored in the trained
+  model's sensor embeddings and routing statistics, do not move), then those of `current` that
+  `saved` lacks, in `current`'s order. A name defined differently in both keeps the saved
+  definition (the model was trained with its statistics), with a warning naming the sensor.
+  """
+  merged = SensorRegistry(saved)
+  for sensor in current:
+    if sensor.name not in merged:
+      merged.register(sensor)
+    elif merged.get(sensor.name) != sensor:
+      warnings.warn(f"sensor {sensor.name!r} is defined differently in the checkpoint's "
+                    "registry and in this run's (built-ins, data.sensor_files, shard "
+                    "manifests); the checkpoint's definition is kept", UserWarning, stacklevel=2)
+  return merged
 
 
 def _is_finite_number(v: Any) -> bool:

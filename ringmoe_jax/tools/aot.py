@@ -27,6 +27,8 @@ import tempfile
 import time
 from typing import Any
 
+from ringmoe_jax.errors import run_cli
+
 REMAT_WARNING = "Involuntary full rematerialization"
 
 
@@ -136,4 +138,4 @@ def main(argv=None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main, also=(FileNotFoundError,))  # a bad config / path: one 'error:' line, exit 2

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from ringmoe_jax.errors import run_cli
 from ringmoe_jax.models.attention import effective_window
 from ringmoe_jax.objectives.targets import target_channels
 from ringmoe_jax.sensors.modalities import MODALITIES
@@ -121,4 +122,4 @@ def main(argv=None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main, also=(FileNotFoundError,))  # a bad config / path: one 'error:' line, exit 2

@@ -35,6 +35,7 @@ from flax import nnx
 
 from ringmoe_jax.data import pipeline as pipeline_lib
 from ringmoe_jax.data.simulator import CLASSES, SceneSimulator
+from ringmoe_jax.errors import parse_absl_flags, run_cli
 from ringmoe_jax.objectives import objective as objective_lib
 from ringmoe_jax.objectives import sensor_tables
 from ringmoe_jax.objectives import speckle
@@ -251,7 +252,10 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
-  print(json.dumps(evaluate(f.config, f.workdir, num_tiles=f.num_tiles), indent=1))
+  # A bad config or workdir: one 'error: ...' line, exit status 2 (ringmoe_jax/errors.py).
+  result = run_cli(lambda: evaluate(f.config, f.workdir, num_tiles=f.num_tiles),
+                   also=(FileNotFoundError,))
+  print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
@@ -261,4 +265,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "The run's workdir (checkpoints/).")
   flags.DEFINE_integer("num_tiles", 1024, "Probe tiles (half train, half test per modality).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_absl_flags)

@@ -24,6 +24,8 @@ import json
 import os
 import re
 
+from ringmoe_jax.errors import run_cli
+
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\s([a-z][\w\-]*)\(")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
@@ -200,4 +202,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main, also=(FileNotFoundError,))  # a bad config / path: one 'error:' line, exit 2

@@ -15,6 +15,8 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ringmoe_jax.errors import run_cli
+
 
 def load_counts(workdir: str, step: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
   """(step, {router: (blocks, experts) token counts}) from WORKDIR/checkpoints."""
@@ -54,4 +56,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main, also=(FileNotFoundError,))  # a bad config / path: one 'error:' line, exit 2
