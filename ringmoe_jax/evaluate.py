@@ -54,7 +54,7 @@ def evaluate(config, workdir: str, step: int | None = None,
   if meta.get("task", task.name) != task.name:
     raise UserError(f"--workdir={workdir} is a {meta.get('task')!r} run but the config's task "
                     f"is {task.name!r}")
-  registry = init_from.with_saved_sensors(build_registry(config), meta.get("sensors"))
+  registry = build_registry(config, saved=init_from.saved_registry(meta))
   mesh = make_mesh(config.mesh)
   setup = make_builder(config, task, mesh, rules_for(config))
   state, _, _ = ckpt.restore(step, setup.builder.abstract)
@@ -78,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from ringmoe_jax.errors import parse_absl_flags  # pylint: disable=import-outside-toplevel
+  app.run(main, flags_parser=parse_absl_flags)

@@ -3,7 +3,7 @@
 Only the encoder is taken (the pre-training decoders and optimizer state are not read: Orbax
 partial restore of `params/encoder`), from the run's latest finished checkpoint, straight into
 this run's shardings, so any mesh works. The run's sensor registry (ids and normalisation)
-becomes this run's (`with_saved_sensors`). Encoder parameters the checkpoint does not have
+becomes this run's (`trainer.build_registry(saved=...)`). Encoder parameters the checkpoint does not have
 (Convpass adapters) keep their fresh initialisation; a parameter whose shape differs is an error
 naming it, both shapes and the config fields that differ.
 """
@@ -23,15 +23,10 @@ from ringmoe_jax.train.checkpoint import Checkpointer
 NEW_IN_FINETUNING = ("adapter",)
 
 
-def with_saved_sensors(registry: SensorRegistry, saved: Mapping[str, Any] | None) -> SensorRegistry:
-  """The saved registry (its ids and definitions win), plus this run's sensors it lacks, appended."""
-  if saved is None:
-    return registry
-  out = SensorRegistry.from_dict(saved)
-  for s in registry:
-    if s.name not in out:
-      out.register(s)
-  return out
+def saved_registry(meta: Mapping[str, Any]) -> SensorRegistry | None:
+  """The sensor registry a checkpoint's meta carries (None for a meta without one)."""
+  sensors = meta.get("sensors")
+  return None if sensors is None else SensorRegistry.from_dict(sensors)
 
 
 def _flat(tree, prefix=()) -> dict[tuple[str, ...], Any]:

@@ -184,15 +184,15 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
   init_dir = str(config.get("init_checkpoint", "") or "")
   source_run = None
   if latest is not None:
-    saved_sensors = ckpt.read_meta(latest).get("sensors")
+    saved = init_from.saved_registry(ckpt.read_meta(latest))
   elif init_dir:
     source_run = init_from.PretrainedRun(init_dir)
-    saved_sensors = source_run.meta.get("sensors")
+    saved = init_from.saved_registry(source_run.meta)
   else:
-    saved_sensors = None
+    saved = None
 
   # Input. The registry saved with the checkpoint wins (stable sensor ids and normalisation).
-  registry = init_from.with_saved_sensors(build_registry(config), saved_sensors)
+  registry = build_registry(config, saved=saved)
   data_iter = make_data(config, registry, task)
 
   # Model, optimizer, state on the mesh.
