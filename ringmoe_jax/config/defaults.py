@@ -21,6 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
       # A window larger than a stage's map shrinks to the map (Swin's rule). False: error.
       allow_window_shrink=True,
       in_channels=ml_collections.ConfigDict(dict(DEFAULT_CHANNELS)),
+      # 'fixed' (the paper: one kernel per modality of in_channels bands) or 'spectral' (each
+      # band's kernel generated from its registry description; any band subset / superset of a
+      # modality; in_channels then only sizes modalities without a sensor in use).
+      patch_embed="fixed",
       dtype="float32", param_dtype="float32"))
 
   c.moe = ml_collections.ConfigDict(dict(
@@ -76,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
       modality_weights=ml_collections.config_dict.placeholder(object),
       co_registered=1,  # simulator: tiles per scene rendered by different sensors
       sensor_files=(),  # user sensor definitions (JSON/YAML), registered before training
+      # Pre-training: probability that each channel of a tile is dropped (pixels zeroed, batch
+      # "channels" 0; one channel always kept). None: 0.2 with model.patch_embed='spectral',
+      # 0 with 'fixed' (data/pipeline.py BandDropout).
+      band_dropout=ml_collections.config_dict.placeholder(float),
       num_tiles=100_000, tile_size=256, batch_size=512, num_workers=0))
 
   c.optim = ml_collections.ConfigDict(dict(

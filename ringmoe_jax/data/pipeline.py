@@ -5,7 +5,7 @@ Axes: B batch, H = W = crop size, Cmax = `max_channels`.
 Training (`make_dataset`):
   source -> seed -> shard slice [shard_index::shard_count] -> shuffle -> repeat forever
   -> validate + normalise per sensor -> random resized crop (scale 0.2-0.5) + horizontal flip
-  -> fixed-shape example -> batch.
+  -> band dropout (band_dropout > 0) -> fixed-shape example -> batch.
 Evaluation (`make_eval_dataset`): no shuffle, no augmentation, one pass, centre crop.
 
 Batch (all numpy):
@@ -25,6 +25,10 @@ Batch (all numpy):
                                        with keep_clean=True (evaluation)
   "label":    int32 (B,)               scene class ("label_class"), -1 if none; only with
                                        keep_label=True (linear probes)
+  "channels": float32 (B, Cmax)        1 for each channel the tile has, 0 for padding and for
+                                       bands dropped by `BandDropout` (their "pixels" are 0);
+                                       only with channel_mask=True or band_dropout > 0. Absent:
+                                       every channel of the tile's sensor is present.
 
 Calibration: tiles reach the pipeline in the sensor's physical scale (`Sensor.scale`): ingestion
 applies the registry's DN scaling (`dn_gain`, `dn_offset`; published for Sentinel-2 and Landsat
@@ -147,6 +151,28 @@ class RandomCropFlip(grain.transforms.RandomMap):
     return _with_pixels(element, both, valid)
 
 
+class BandDropout(grain.transforms.RandomMap):
+  """Drops each channel of a tile with probability `rate`, at least one kept: its normalised
+  pixels become 0 and element["channels"] (C,) float32 marks it 0. `raw` keeps the measured
+  values (the physics targets of the full tile). Draws from Grain's per-element generator, so a
+  batch stays a pure function of (seed, shard, step) and resume is exact."""
+
+  def __init__(self, rate: float):
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"data.band_dropout={rate} must be in [0, 1)")
+    self._rate = float(rate)
+
+  def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    c = element["pixels"].shape[-1]
+    keep = rng.random(c) >= self._rate
+    if not keep.any():
+      keep[rng.integers(c)] = True
+    out = dict(element)
+    out["channels"] = keep.astype(np.float32)
+    out["pixels"] = element["pixels"] * out["channels"]
+    return out
+
+
 class CenterCrop(grain.transforms.Map):
   """Centre crop to (size, size); shorter sides are zero-padded and marked invalid."""
 
@@ -163,9 +189,10 @@ class ToExample(grain.transforms.Map):
   """Pads channels to `max_channels` and emits the fixed-shape, model-facing example."""
 
   def __init__(self, registry: SensorRegistry, max_channels: int, keep_index: bool = False,
-               keep_clean: bool = False, keep_label: bool = False):
+               keep_clean: bool = False, keep_label: bool = False, channel_mask: bool = False):
     self._registry = registry
     self._max_channels = max_channels
+    self._channel_mask = channel_mask
     self._keep_index = keep_index
     self._keep_clean = keep_clean
     self._keep_label = keep_label
@@ -194,6 +221,9 @@ class ToExample(grain.transforms.Map):
                           np.pad(np.ascontiguousarray(clean, np.float32), pad))
     if self._keep_label:
       example["label"] = np.int32(element.get("label", -1))
+    if self._channel_mask or "channels" in element:
+      example["channels"] = np.pad(np.asarray(element.get("channels", np.ones(c)), np.float32),
+                                   pad[-1:])
     return example
 
 
@@ -242,7 +272,8 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
                  drop_remainder: bool = True, shard_index: int = 0, shard_count: int = 1,
                  min_tile_size: int = DEFAULT_MIN_TILE_SIZE, crop_scale=(0.2, 0.5),
                  interpolation: Mapping[str, str] | None = None,
-                 keep_index: bool = False, group_size: int | None = None) -> grain.MapDataset:
+                 keep_index: bool = False, group_size: int | None = None,
+                 band_dropout: float = 0.0, channel_mask: bool = False) -> grain.MapDataset:
   """Infinite training dataset of fixed-shape batches (see the module docstring for the batch).
 
   Args:
@@ -264,6 +295,8 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
     keep_index: also emit "index" int32 (B,), the source record index (tests, debugging).
     group_size: keep groups of this many consecutive records together (None: the source's
       `co_registered`, else 1); batch_size must then be a multiple of it.
+    band_dropout: per-channel drop probability (`BandDropout`; 0: off).
+    channel_mask: emit "channels" even without band dropout (the spectral patch embedding).
 
   Returns:
     A `grain.MapDataset` of batches; its length is effectively infinite (repeat forever).
@@ -287,7 +320,9 @@ def make_dataset(source, *, registry: SensorRegistry, batch_size: int, crop_size
                                       group_seed=seed * 65_537 + shard_index))
   else:
     ds = ds.map(CenterCrop(crop_size))
-  ds = ds.map(ToExample(registry, max_channels, keep_index))
+  if band_dropout > 0:
+    ds = ds.random_map(BandDropout(band_dropout))
+  ds = ds.map(ToExample(registry, max_channels, keep_index, channel_mask=channel_mask))
   return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
@@ -295,7 +330,7 @@ def make_eval_dataset(source, *, registry: SensorRegistry, batch_size: int, crop
                       max_channels: int, drop_remainder: bool = False, shard_index: int = 0,
                       shard_count: int = 1, min_tile_size: int = DEFAULT_MIN_TILE_SIZE,
                       keep_index: bool = False, keep_clean: bool = False,
-                      keep_label: bool = False) -> grain.MapDataset:
+                      keep_label: bool = False, channel_mask: bool = False) -> grain.MapDataset:
   """One ordered pass over this shard, centre-cropped; the last batch may be smaller (B' <= B).
 
   keep_clean / keep_label add "clean" and "label" (module docstring) for evaluations."""
@@ -303,7 +338,8 @@ def make_eval_dataset(source, *, registry: SensorRegistry, batch_size: int, crop
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
   ds = ds.map(ValidateAndNormalize(registry, min_tile_size))
   ds = ds.map(CenterCrop(crop_size))
-  ds = ds.map(ToExample(registry, max_channels, keep_index, keep_clean, keep_label))
+  ds = ds.map(ToExample(registry, max_channels, keep_index, keep_clean, keep_label,
+                        channel_mask))
   return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 

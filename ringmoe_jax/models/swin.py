@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ringmoe_jax.models.attention import WindowAttentionV2, effective_window, windowed_attention
-from ringmoe_jax.models.patch_embed import ModalityPatchEmbed
+from ringmoe_jax.models.patch_embed import PATCH_EMBEDS, ModalityPatchEmbed, SpectralPatchEmbed
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
 from ringmoe_jax.parallel.mesh import ambient_axes
 from ringmoe_jax.parallel.sharding import constrain_batch
@@ -49,6 +49,7 @@ class EncoderConfig:
   pretrained_window_size: int = 0
   cpb_hidden: int = 512
   in_channels: tuple[int, ...] = (3, 4, 8, 1)  # per modality, in MODALITIES order
+  patch_embed: str = "fixed"  # or 'spectral' (kernels from band descriptions, patch_embed.py)
   dtype: str = "float32"
   param_dtype: str = "float32"
   # Set from config.remat by train/model.py (not part of config.model).
@@ -250,11 +251,21 @@ class PatchMerging(nnx.Module):
 class RingMoEEncoder(nnx.Module):
   """Pixels of any modality mix -> multi-level features + routing statistics."""
 
-  def __init__(self, cfg: EncoderConfig, moe_cfg: MoEConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: EncoderConfig, moe_cfg: MoEConfig, *, rngs: nnx.Rngs, bands=None):
+    """bands: the registry's `sensor_tables.BandTable` ('spectral' patch embedding only)."""
     self.cfg = cfg
     dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    self.patch_embed = ModalityPatchEmbed(cfg.in_channels, cfg.patch_size, cfg.embed_dim,
-                                          dtype=dtype, param_dtype=pdt, rngs=rngs)
+    if cfg.patch_embed not in PATCH_EMBEDS:
+      raise ValueError(f"model.patch_embed={cfg.patch_embed!r}; expected one of {PATCH_EMBEDS}")
+    if cfg.patch_embed == "spectral":
+      if bands is None:
+        raise ValueError("model.patch_embed='spectral' needs the registry's band table (bands=)")
+      self.patch_embed = SpectralPatchEmbed(len(cfg.in_channels), bands, cfg.patch_size,
+                                            cfg.embed_dim, dtype=dtype, param_dtype=pdt,
+                                            rngs=rngs)
+    else:
+      self.patch_embed = ModalityPatchEmbed(cfg.in_channels, cfg.patch_size, cfg.embed_dim,
+                                            dtype=dtype, param_dtype=pdt, rngs=rngs)
     self.mask_token = nnx.Param(  # SimMIM: trunc-normal(0.02)
         nnx.initializers.truncated_normal(0.02)(rngs.params(), (cfg.embed_dim,), pdt),
         out_sharding=("embed",))
@@ -272,24 +283,27 @@ class RingMoEEncoder(nnx.Module):
   def __call__(self, pixels: jax.Array, modality: jax.Array, *,
                sensor: jax.Array | None = None,
                mask: jax.Array | None = None, valid: jax.Array | None = None,
-               train: bool = True) -> tuple[list[jax.Array], dict[str, Any]]:
+               train: bool = True,
+               channels: jax.Array | None = None) -> tuple[list[jax.Array], dict[str, Any]]:
     """Encode a batch.
 
     Args:
       pixels: (B, H, W, Cmax) normalised pixels; channels past a modality's count are ignored.
       modality: (B,) int32 modality id of each tile (from its sensor tag).
-      sensor: (B,) int32 registry index of each tile's sensor (the patch embedding may use it;
-        the fixed per-modality embedding does not). Callers pass it where they have it.
+      sensor: (B,) int32 registry index of each tile's sensor: the 'spectral' patch embedding
+        needs it (its kernels come from the sensor's bands), the 'fixed' one ignores it.
       mask: (B, H/p, W/p) bool, True = replace that patch by the mask token (SimMIM).
       valid: (B, H, W) valid-pixel mask; tokens without any valid pixel route to no expert.
       train: training (capacity_factor) or evaluation (eval_capacity_factor) routing.
+      channels: (B, Cmax) float32 channel mask, 0 = band absent / dropped ('spectral' only;
+        None: all of the sensor's channels present).
 
     Returns:
       features: per stage (B, h_i, w_i, C_i); the last one final-normed.
       aux: {'balance_loss': () summed over blocks, 'routing': {router: {stat: (L, ...)}}}.
     """
     cfg = self.cfg
-    x = self.patch_embed(pixels, modality)  # (B, h, w, D)
+    x = self.patch_embed(pixels, modality, sensor=sensor, channels=channels)  # (B, h, w, D)
     b, h, w, _ = x.shape
     if valid is None:
       tok_valid = jnp.ones((b, h, w), bool)

@@ -162,7 +162,10 @@ class Objective:
         tgt = targets.modality_target(kind, c, batch["pixels"], batch["raw"], tile_valid,
                                       self.reflectance_unit)
         n_l1 = 1 if kind in ("span", "span_complex") else c
-        value, count = _masked_l1(pred[..., :n_l1], tgt[..., :n_l1], w_m)
+        # Per-channel targets skip the channels a tile lacks or had dropped (batch "channels").
+        ch = batch.get("channels") if n_l1 == c else None
+        value, count = _masked_l1(pred[..., :n_l1], tgt[..., :n_l1], w_m,
+                                  None if ch is None else ch[:, :c])
         if kind == "span_complex":
           v, n = physics.phase_invariant_complex_loss(pred[..., 1:9], tgt[..., 1:9], w_m)
           complex_sum, complex_cnt = complex_sum + v * n, complex_cnt + n
@@ -261,9 +264,13 @@ class Objective:
         min_temperature=self.min_temperature, max_temperature=self.max_temperature)
 
 
-def _masked_l1(pred: jax.Array, tgt: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean |pred - tgt| over pixels with weight w (B, H, W) and all channels; count = w * C."""
+def _masked_l1(pred: jax.Array, tgt: jax.Array, w: jax.Array,
+               channels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Mean |pred - tgt| over pixels with weight w (B, H, W) and all channels (or those with
+  channels (B, C) > 0); count = w * C."""
   weights = jnp.broadcast_to(w[..., None], pred.shape)
+  if channels is not None:
+    weights = weights * (channels[:, None, None, :] > 0).astype(weights.dtype)
   err = jnp.abs(pred.astype(jnp.float32) - tgt)
   return physics._masked_mean(err, weights)  # pylint: disable=protected-access
 

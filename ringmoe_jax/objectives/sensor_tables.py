@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ringmoe_jax.objectives import physics
-from ringmoe_jax.sensors.registry import OPTICAL_MODALITIES, SensorRegistry, default_registry
+from ringmoe_jax.sensors.registry import (OPTICAL_MODALITIES, RADAR_BANDS, SAR_COMPONENTS,
+                                          SensorRegistry, default_registry)
 
 # How a SAR-L2 channel in the sensor's physical scale becomes linear intensity.
 AMPLITUDE, INTENSITY, DECIBEL = 0, 1, 2
@@ -121,3 +122,87 @@ def to_intensity(values: jax.Array, power_kind: jax.Array) -> jax.Array:
   kind = power_kind[:, None, None, None]
   db = jnp.power(10.0, jnp.clip(x, -100.0, 100.0) / 10.0)
   return jnp.where(kind == DECIBEL, db, jnp.where(kind == INTENSITY, x, jnp.square(x)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Band descriptions for the spectral patch embedding (models/patch_embed.SpectralPatchEmbed).
+#
+# Axes: S sensors, Cmax channels (the registry's largest band count), F descriptor features.
+# Optical band: Fourier features of the centre wavelength (um; periods 4 um .. 20 nm, so that
+# neighbouring red-edge bands differ) and of log10 bandwidth (um). SAR channel: Fourier features of
+# log10 centre frequency (GHz), radar band, polarisation (HH, HV, VH, VV) and component one-hots.
+# Two flags say which kind the band is. A constant of the model (never a parameter): a sensor
+# added at fine-tuning time adds a row, not a parameter.
+# ------------------------------------------------------------------------------------------------
+
+POLARIZATIONS = ("HH", "HV", "VH", "VV")
+_WAVELENGTH_PERIODS_UM = tuple(float(4.0 * (0.02 / 4.0) ** (k / 7)) for k in range(8))
+_LOG_PERIODS = (4.0, 2.0, 1.0, 0.5)
+
+
+def _fourier(x: float, periods) -> list[float]:
+  return [f(2 * np.pi * x / p) for p in periods for f in (np.sin, np.cos)]
+
+
+BAND_FEATURES = (2 * len(_WAVELENGTH_PERIODS_UM) + 4 * len(_LOG_PERIODS) + len(RADAR_BANDS)
+                 + len(POLARIZATIONS) + len(SAR_COMPONENTS) + 2)
+
+
+def band_features(band) -> np.ndarray:
+  """One `Band` -> (F,) float32 descriptor (zeros for the other kind's fields)."""
+  opt = np.zeros(2 * len(_WAVELENGTH_PERIODS_UM) + 2 * len(_LOG_PERIODS), np.float32)
+  sar_f = np.zeros(2 * len(_LOG_PERIODS), np.float32)
+  onehots = np.zeros(len(RADAR_BANDS) + len(POLARIZATIONS) + len(SAR_COMPONENTS), np.float32)
+  if band.is_optical:
+    opt[:] = (_fourier(band.center_wavelength_nm / 1000.0, _WAVELENGTH_PERIODS_UM)
+              + _fourier(np.log10(band.bandwidth_nm / 1000.0), _LOG_PERIODS))
+  else:
+    sar_f[:] = _fourier(np.log10(band.center_frequency_ghz), _LOG_PERIODS)
+    nb, npol = len(RADAR_BANDS), len(POLARIZATIONS)
+    onehots[RADAR_BANDS.index(band.radar_band)] = 1.0
+    onehots[nb + POLARIZATIONS.index(band.polarization)] = 1.0
+    onehots[nb + npol + SAR_COMPONENTS.index(band.component)] = 1.0
+  kind = np.array([band.is_optical, band.is_sar], np.float32)
+  return np.concatenate([opt, sar_f, onehots, kind]).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BandTable:
+  """features (S, Cmax, F) float32, present (S, Cmax) float32 (1 for the sensor's channels),
+  modality (S,) int32 of each sensor, names (S,). Hashable by content, so a module can hold it
+  as static data (it is part of the graph definition, not of the parameters)."""
+  features: np.ndarray
+  present: np.ndarray
+  modality: np.ndarray
+  names: tuple[str, ...]
+
+  def _key(self):
+    return (self.names, self.features.shape, self.features.tobytes(), self.present.tobytes(),
+            self.modality.tobytes())
+
+  def __hash__(self) -> int:
+    return hash(self._key())
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, BandTable) and self._key() == other._key()
+
+  @property
+  def max_channels(self) -> int:
+    return self.features.shape[1]
+
+
+def band_table(registry: SensorRegistry) -> BandTable:
+  """The descriptor table of every sensor of `registry` (id = position), Cmax = its largest
+  band count."""
+  from ringmoe_jax.sensors.modalities import modality_id  # pylint: disable=import-outside-toplevel
+  names = registry.names()
+  sensors = [registry.get(n) for n in names]
+  cmax = max([s.num_channels for s in sensors], default=1)
+  feats = np.zeros((len(names), cmax, BAND_FEATURES), np.float32)
+  present = np.zeros((len(names), cmax), np.float32)
+  for i, s in enumerate(sensors):
+    for c, band in enumerate(s.bands):
+      feats[i, c] = band_features(band)
+      present[i, c] = 1.0
+  modality = np.array([modality_id(s.modality) for s in sensors], np.int32)
+  return BandTable(feats, present, modality, tuple(names))

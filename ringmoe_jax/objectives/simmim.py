@@ -65,8 +65,9 @@ class SimMIMModel(nnx.Module):
 
   def forward(self, batch: dict[str, jax.Array], mask: jax.Array, *, train: bool = True):
     """-> prediction (B, H, W, Ko), last-stage features (B, h, w, Cl), encoder aux."""
-    feats, aux = self.encoder(batch["pixels"], batch["modality"], mask=mask,
-                              valid=batch["valid"], train=train)
+    feats, aux = self.encoder(batch["pixels"], batch["modality"], sensor=batch.get("sensor"),
+                              mask=mask, valid=batch["valid"], train=train,
+                              channels=batch.get("channels"))
     return self.decoders(feats[-1], batch["modality"]), feats[-1], aux
 
   def __call__(self, batch: dict[str, jax.Array], mask: jax.Array, *, train: bool = True):

@@ -71,8 +71,11 @@ def num_views(config) -> int:
   return len(task_pipeline.view_sensors(config.task.views[0]))
 
 
-def max_channels(config) -> int:
-  return max(int(config.model.in_channels[m]) for m in MODALITIES)
+def max_channels(config, registry=None) -> int:
+  """Cmax of the pixel tensor: the largest model.in_channels ('fixed') or the largest band count
+  of the sensors in use ('spectral'); train/model.input_channels."""
+  from ringmoe_jax.train.model import input_channels  # pylint: disable=import-outside-toplevel
+  return input_channels(config, registry)
 
 
 def weighted_mean(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -142,7 +145,7 @@ class Task:
     """Training (infinite, shuffled) or evaluation (one padded pass) batches of this shard."""
     source = self.make_source(config, registry, split)
     kw = dict(registry=registry, num_views=num_views(config), batch_size=batch_size,
-              crop_size=int(config.model.img_size), max_channels=max_channels(config),
+              crop_size=int(config.model.img_size), max_channels=max_channels(config, registry),
               num_classes=self.num_classes(config) if self.kind != "height" else 0,
               shard_index=shard_index, shard_count=shard_count,
               min_tile_size=int(config.model.patch_size))

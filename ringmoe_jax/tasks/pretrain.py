@@ -12,7 +12,7 @@ from ringmoe_jax.data import sources
 from ringmoe_jax.objectives.simmim import simmim_loss
 from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.tasks.base import Task, max_channels
-from ringmoe_jax.train.model import make_model
+from ringmoe_jax.train.model import band_dropout, is_spectral, make_model
 
 
 class Pretrain(Task):
@@ -40,6 +40,7 @@ class Pretrain(Task):
     source = sources.make_source(d, registry, config.seed)
     return pipeline_lib.make_dataset(
         source, registry=registry, batch_size=batch_size, crop_size=config.model.img_size,
-        max_channels=max_channels(config), seed=config.seed, shard_index=shard_index,
-        shard_count=shard_count,
+        max_channels=max_channels(config, registry), seed=config.seed, shard_index=shard_index,
+        shard_count=shard_count, band_dropout=band_dropout(config),
+        channel_mask=is_spectral(config),
         min_tile_size=config.model.patch_size)  # a tile smaller than one patch is an error

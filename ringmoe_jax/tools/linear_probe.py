@@ -41,7 +41,7 @@ from ringmoe_jax.objectives import sensor_tables
 from ringmoe_jax.objectives import speckle
 from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.train.checkpoint import Checkpointer
-from ringmoe_jax.train.model import make_model
+from ringmoe_jax.train.model import input_channels, make_model
 
 # A separate simulator seed: probe tiles are scenes the run never trained on.
 PROBE_SEED = 10_000
@@ -72,7 +72,7 @@ def probe_batches(config, num_tiles: int, *, batch_size: int = 32, seed: int = P
   sensors = tuple(config.data.sensors)
   src = SceneSimulator(num_tiles, int(config.data.tile_size), sensors=sensors, registry=reg,
                        seed=seed, nodata_fraction=0.0)
-  max_channels = max(int(config.model.in_channels[m]) for m in MODALITIES)
+  max_channels = input_channels(config, reg)
   ds = pipeline_lib.make_eval_dataset(src, registry=reg, batch_size=batch_size,
                                       crop_size=int(config.model.img_size),
                                       max_channels=max_channels, keep_clean=True,
@@ -81,8 +81,9 @@ def probe_batches(config, num_tiles: int, *, batch_size: int = 32, seed: int = P
 
 
 @nnx.jit
-def _features(model, pixels, modality, valid):
-  feats, _ = model.encoder(pixels, modality, mask=None, valid=valid, train=False)
+def _features(model, pixels, modality, valid, sensor, channels=None):
+  feats, _ = model.encoder(pixels, modality, sensor=sensor, mask=None, valid=valid, train=False,
+                           channels=channels)
   pooled = [objective_lib.pooled_embeddings(f, valid)[0] for f in feats]
   return jnp.concatenate(pooled, axis=-1)
 
@@ -92,7 +93,8 @@ def features(model, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   xs, ys, ms = [], [], []
   for b in batches:
     xs.append(np.asarray(_features(model, jnp.asarray(b["pixels"]), jnp.asarray(b["modality"]),
-                                   jnp.asarray(b["valid"]))))
+                                   jnp.asarray(b["valid"]), jnp.asarray(b["sensor"]),
+                                   None if "channels" not in b else jnp.asarray(b["channels"]))))
     ys.append(b["label"])
     ms.append(b["modality"])
   return np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)

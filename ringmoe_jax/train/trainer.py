@@ -116,7 +116,8 @@ def build_registry(config, saved=None):
     except UnknownSensorError as e:
       raise UnknownSensorError(f"data.sensors: {e}") from None
     want = int(config.model.in_channels[sensor.modality])
-    if sensor.num_channels != want:
+    # The spectral patch embedding takes any band set (model.patch_embed, models/patch_embed.py).
+    if sensor.num_channels != want and config.model.get("patch_embed", "fixed") != "spectral":
       raise ConfigError(f"sensor {name!r} ({sensor.modality}) has {sensor.num_channels} "
                         f"channels but model.in_channels.{sensor.modality} is {want}; set "
                         f"--config.model.in_channels.{sensor.modality}={sensor.num_channels} "
