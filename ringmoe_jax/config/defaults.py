@@ -18,6 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
       img_size=192, patch_size=4, embed_dim=448, depths=(2, 2, 18, 2),
       num_heads=(14, 28, 56, 112), window_size=12, mlp_ratio=4.0, qkv_bias=True,
       pretrained_window_size=0, cpb_hidden=512,
+      # Convpass adapters per block (fine-tuning mode "adapter" sets it from finetune.adapter_dim).
+      adapter_dim=0, adapter_scale=1.0,
       # A window larger than a stage's map shrinks to the map (Swin's rule). False: error.
       allow_window_shrink=True,
       in_channels=ml_collections.ConfigDict(dict(DEFAULT_CHANNELS)),

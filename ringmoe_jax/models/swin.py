@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ringmoe_jax.models.adapters import Convpass
 from ringmoe_jax.models.attention import WindowAttentionV2, effective_window, windowed_attention
 from ringmoe_jax.models.patch_embed import PATCH_EMBEDS, ModalityPatchEmbed, SpectralPatchEmbed
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
@@ -58,6 +59,10 @@ class EncoderConfig:
   # Route each batch shard's tokens as one group (mesh axes data x fsdp), set from
   # config.mesh.route_per_shard. False: one global routing over the whole batch.
   route_per_shard: bool = False
+  # Convpass adapters in every block (fine-tuning mode 'adapter'; models/adapters.py):
+  # width (0: none, the pre-training encoder) and output scale.
+  adapter_dim: int = 0
+  adapter_scale: float = 1.0
 
   @property
   def num_stages(self) -> int:
@@ -100,12 +105,22 @@ class SwinMoEBlock(nnx.Module):
     self.moe = HierarchicalMoE(dim, int(dim * cfg.mlp_ratio), moe_cfg, dtype=dtype,
                                param_dtype=pdt, rngs=rngs)
     self.norm2 = _layer_norm(dim, pdt, rngs)
+    if cfg.adapter_dim:
+      self.adapter_attn = Convpass(dim, cfg.adapter_dim, cfg.adapter_scale, param_dtype=pdt,
+                                   rngs=rngs)
+      self.adapter_ffn = Convpass(dim, cfg.adapter_dim, cfg.adapter_scale, param_dtype=pdt,
+                                  rngs=rngs)
+    else:
+      self.adapter_attn = self.adapter_ffn = None
 
   def __call__(self, x, modality, token_valid, *, train: bool):
     """x (B, h, w, C), modality (B,), token_valid (B, h, w) bool -> x, aux."""
     b, h, w, c = x.shape
     a = windowed_attention(self.attn, x, self.window, self.shift)
-    x = constrain_batch(x + self.norm1(a).astype(x.dtype))
+    bypass = None if self.adapter_attn is None else self.adapter_attn(x)
+    x = x + self.norm1(a).astype(x.dtype)
+    x = constrain_batch(x if bypass is None else x + bypass)
+    bypass = None if self.adapter_ffn is None else self.adapter_ffn(x)
     tok_mod = jnp.broadcast_to(modality[:, None], (b, h * w))
     g, axes = _routing_groups(b) if self.route_per_shard else (1, ())
     if g == 1:
@@ -119,8 +134,8 @@ class SwinMoEBlock(nnx.Module):
       y, aux = jax.vmap(run, spmd_axis_name=axes)(
           x.reshape(g, -1, c), tok_mod.reshape(g, -1), token_valid.reshape(g, -1))
       aux = _merge_groups(aux)
-    x = constrain_batch(x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype))
-    return x, aux
+    x = x + self.norm2(y.reshape(b, h, w, c)).astype(x.dtype)
+    return constrain_batch(x if bypass is None else x + bypass), aux
 
 
 # Mesh axes that split the batch into routing groups (route_per_shard); `expert` also splits

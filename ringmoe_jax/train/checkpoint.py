@@ -57,8 +57,16 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def state_metadata(self, step: int) -> Any:
-    """Shapes / dtypes of the saved state tree (nothing is read from the arrays)."""
-    return self.manager.item_metadata(step)["state"]
+    """Shapes / dtypes of the saved state tree as nested dicts of ArrayMetadata (`.shape`,
+    `.dtype`); nothing is read from the arrays."""
+    tree = ocp.StandardCheckpointer().metadata(
+        os.path.join(self.directory, str(step), "state")).item_metadata
+
+    def plain(node):
+      if hasattr(node, "keys") and not hasattr(node, "shape"):
+        return {k: plain(node[k]) for k in node.keys()}
+      return node
+    return plain(tree)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -66,9 +66,12 @@ class StateBuilder:
     self.count_shapes = routing_count_shapes(model)
     abstract = jax.eval_shape(self._init_from, abstract_params.to_pure_dict())
     replicated = NamedSharding(mesh, P())
+    # Fine-tuning's frozen leaves have no optimizer state (optax.multi_transform puts an empty
+    # MaskedNode there): keep it as it is; every other param-like leaf takes its param's sharding.
+    masked = lambda x: isinstance(x, optax.MaskedNode)
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract["opt_state"], self.param_shardings,
-        transform_non_params=lambda _: replicated)
+        tx, lambda leaf, s: leaf if masked(leaf) else s, abstract["opt_state"],
+        self.param_shardings, transform_non_params=lambda _: replicated, is_leaf=masked)
     self.shardings = {
         "step": replicated, "params": self.param_shardings, "opt_state": opt_shardings,
         "routing_counts": {k: replicated for k in self.count_shapes},
