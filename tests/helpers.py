@@ -54,7 +54,10 @@ def micro_finetune_config(task: str, arg: str = "", **overrides):
   m = micro_config()
   c.model.update(m.model.to_dict())
   c.mim.mask_cell = m.mim.mask_cell
-  c.task.update(num_records=64, eval_records=16, tile_size=40, head_channels=16, num_bins=8)
+  c.task.update(num_records=64, eval_records=8, tile_size=40, head_channels=16, num_bins=8)
+  # Capacity dispatch: the same numbers on every mesh, and a smaller program to compile than
+  # the dropless blocked loop that 'auto' picks for 8 CPU devices.
+  c.moe.dispatcher = "capacity"
   c.finetune.adapter_dim = 4
   c.data.update(batch_size=8)
   c.optim.update(base_lr=2e-3, base_batch=8, warmup_steps=2, schedule_steps=12)

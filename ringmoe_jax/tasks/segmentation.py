@@ -66,5 +66,5 @@ class Segmentation(Task):
     return {"pred": jnp.argmax(logits, -1).astype(jnp.int32)}
 
   def metrics(self, config):
-    return DenseAccumulator(ConfusionMatrix(self.num_classes(config),
+    return DenseAccumulator(ConfusionMatrix(self.num_classes(config), class_names=
                                             tuple(config.task.class_names) or None), "mask")
