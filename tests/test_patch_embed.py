@@ -148,6 +148,6 @@ def test_micro_pretraining_step_on_all_builtin_sensors(tmp_path):
   names = default_registry().names()
   assert len(names) == 14
   c = micro_config(**{"model.patch_embed": "spectral", "data.sensors": names})
-  c.train.update(total_steps=2, log_every=1, checkpoint_every=100)
+  c.train.update(total_steps=1, log_every=1, checkpoint_every=100)
   r = trainer.train(c, str(tmp_path))
-  assert len(r["losses"]) == 2 and all(np.isfinite(r["losses"])), r["losses"]
+  assert len(r["losses"]) == 1 and np.isfinite(r["losses"][0]), r["losses"]
