@@ -26,7 +26,6 @@ from ringmoe_jax.data import task_pipeline
 from ringmoe_jax.data.task_sources import SimulatorTaskSource
 from ringmoe_jax.errors import UserError
 from ringmoe_jax.models.features import encode_views
-from ringmoe_jax.sensors.modalities import MODALITIES
 from ringmoe_jax.train.model import make_encoder
 
 MODES = ("full", "frozen", "adapter")
