@@ -56,7 +56,7 @@ def test_frozen_finetune_keeps_the_restored_encoder_bit_identical(pretrain_dir, 
   state = nnx.state(ft, nnx.Param)
   nnx.replace_by_pure_dict(state, got)
   ft = nnx.merge(nnx.graphdef(ft), state)
-  feats, _, _ = encode_views(ft.encoder, batch, train=False)
+  feats = nnx.jit(lambda enc, b: encode_views(enc, b, train=False)[0])(ft.encoder, batch)
   # Jitted, as in training (eagerly, the native MoE kernel would see tracers inside the scan).
   ref = nnx.jit(lambda enc, b: enc(b["pixels"][:, 0], b["modality"][:, 0],
                                    sensor=b["sensor"][:, 0], valid=b["valid"][:, 0],
