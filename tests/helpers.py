@@ -6,6 +6,17 @@ import numpy as np
 from ringmoe_jax.config.load import load_config
 
 
+def _override(c, overrides):
+  """c with dotted-path fields set: {'train.total_steps': 4} -> c.train.total_steps = 4."""
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
 def micro_config(**overrides):
   """pretrain_tiny shrunk: 32 px crops, embed 16, one block per stage, batch 8."""
   c = load_config("pretrain_tiny")
@@ -16,13 +27,7 @@ def micro_config(**overrides):
   # A fixed schedule: tests with different total_steps share one compiled step.
   c.optim.update(base_lr=2e-3, base_batch=8, warmup_steps=2, schedule_steps=12)
   c.train.update(total_steps=6, log_every=2, checkpoint_every=3, async_checkpoint=False)
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return _override(c, overrides)
 
 
 def compiled_model(config):
@@ -63,10 +68,4 @@ def micro_finetune_config(task: str, arg: str = "", **overrides):
   c.optim.update(base_lr=2e-3, base_batch=8, warmup_steps=2, schedule_steps=12)
   c.train.update(total_steps=6, log_every=2, checkpoint_every=3, eval_every=0,
                  async_checkpoint=False)
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return _override(c, overrides)
