@@ -43,19 +43,11 @@ def _worker(workdir: str, port: int, pid: int) -> None:
 class _BothShards:
   """The global batch of 2 processes, in one process: shard 0's rows, then shard 1's."""
 
-  def __init__(self, config, registry):
+  def __init__(self, config, registry, task):
     from ringmoe_jax.data import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
-    from ringmoe_jax.data import sources  # pylint: disable=import-outside-toplevel
-    d = config.data
-    self.iters = []
-    for i in range(2):
-      ds = pipeline_lib.make_dataset(
-          sources.make_source(d, registry, config.seed), registry=registry,
-          batch_size=d.batch_size // 2, crop_size=config.model.img_size,
-          max_channels=max(int(c) for c in config.model.in_channels.values()),
-          seed=config.seed, shard_index=i, shard_count=2,
-          min_tile_size=config.model.patch_size)
-      self.iters.append(pipeline_lib.make_iterator(ds, num_workers=0))
+    self.iters = [pipeline_lib.make_iterator(
+        task.make_dataset(config, registry, "train", batch_size=config.data.batch_size // 2,
+                          shard_index=i, shard_count=2), num_workers=0) for i in range(2)]
 
   def __next__(self):
     parts = [next(it) for it in self.iters]
