@@ -85,6 +85,23 @@ def test_resume_is_bit_identical_and_checkpoints_round_trip(tmp_path):
                                                                  + (counts["special"] == 0).sum())
 
 
+def test_programs_are_reused_only_for_the_same_program():
+  """The trainer's memo: host-only keys share a program, anything the program reads does not."""
+  from ringmoe_jax.parallel.mesh import make_mesh  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.parallel.sharding import rules_for  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.tasks import get_task  # pylint: disable=import-outside-toplevel
+  c = micro_config()
+  mesh, task = make_mesh(c.mesh), get_task(c)
+  first = trainer.programs(c, task, mesh, rules_for(c))
+  # log_every is host-side; total_steps is not read while optim.schedule_steps fixes the LR.
+  same = micro_config(**{"train.log_every": 5, "train.total_steps": 9})
+  assert trainer.programs(same, get_task(same), make_mesh(same.mesh), rules_for(same)) is first
+  for key, value in (("optim.base_lr", 1e-3), ("optim.schedule_steps", 0), ("seed", 7)):
+    other = micro_config(**{key: value})
+    assert trainer.programs(other, get_task(other), make_mesh(other.mesh),
+                            rules_for(other)) is not first, key
+
+
 def test_unknown_sensor_and_channel_mismatch_fail_clearly(tmp_path):
   c = micro_config()
   c.data.sensors = ("gaofen2_pms", "nope")

@@ -26,7 +26,9 @@ def eval_batch_size(config) -> int:
 
 def _predict_fn(task, config, builder, mesh):
   cache = builder.__dict__.setdefault("_predict_cache", {})
-  key = (task.name, id(config))
+  # By value, not id(config): the builder outlives a run (trainer's program memo) and a later
+  # config object could reuse a freed id.
+  key = (task.name, config.to_json_best_effort())
   if key not in cache:
     def predict(params, batch):
       return task.predict(builder.merge(params), batch, config)

@@ -56,6 +56,7 @@ class StateBuilder:
     """
     self.graphdef, params = nnx.split(model, nnx.Param)
     self._create = create
+    self._init_jit = None
     # Shapes only: the builder must not keep (or need) the concrete parameters.
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     self._template = abstract_params
@@ -99,10 +100,12 @@ class StateBuilder:
       raise ValueError("StateBuilder.init() needs the builder's `create` (a function that "
                        "builds the concrete model); see StateBuilder.from_config")
 
-    def build():
-      return self._init_from(nnx.state(self._create(), nnx.Param).to_pure_dict())
-
-    return jax.jit(build, out_shardings=self.shardings)()
+    if self._init_jit is None:
+      def build():
+        return self._init_from(nnx.state(self._create(), nnx.Param).to_pure_dict())
+      # Kept: a builder reused by the trainer's program memo initialises without retracing.
+      self._init_jit = jax.jit(build, out_shardings=self.shardings)
+    return self._init_jit()
 
   def merge(self, params) -> nnx.Module:
     """An nnx model whose Params are `params` (pure dict); usable inside jit."""
