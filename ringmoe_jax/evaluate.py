@@ -34,8 +34,7 @@ def evaluate(config, workdir: str, step: int | None = None,
   from ringmoe_jax.train import init_from  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.evaluation import evaluate_state, write_eval_json  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.setup import make_builder  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.trainer import build_registry  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.trainer import build_registry, programs  # pylint: disable=import-outside-toplevel
 
   validate(config)
   task = get_task(config)
@@ -56,7 +55,7 @@ def evaluate(config, workdir: str, step: int | None = None,
                     f"is {task.name!r}")
   registry = build_registry(config, saved=init_from.saved_registry(meta))
   mesh = make_mesh(config.mesh)
-  setup = make_builder(config, task, mesh, rules_for(config))
+  setup, _ = programs(config, task, mesh, rules_for(config))  # a training run's, if in-process
   state, _, _ = ckpt.restore(step, setup.builder.abstract)
   ckpt.close()
   metrics = evaluate_state(task, config, setup.builder, state, registry, mesh)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ringmoe_jax.sensors import modalities
-from ringmoe_jax.sensors.registry import (BUILTIN_SENSORS, Band, Sensor, SensorRegistry, UnknownSensorError,
+from ringmoe_jax.sensors.builtin import BUILTIN_SENSORS
+from ringmoe_jax.sensors.registry import (Band, Sensor, SensorRegistry, UnknownSensorError,
                                           default_registry)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -5,8 +5,9 @@ Siamese: both images go through the one encoder (views folded into the batch; ea
 its own modality), then the BIT-style `ChangeHead`: shared FPN, a few semantic tokens per image,
 a transformer over the tokens of both, per-image decoding, |difference| -> 2-class logits on the
 stride-4 grid, up-sampled to the crop. The head is symmetric in (before, after), so a swapped
-pair gives the same map. Loss: pixel CE + soft Dice of the change class (change is rare: a few
-percent of pixels, and CE alone settles on "no change"). Metrics of the change class: F1, IoU,
+pair gives the same map. Loss: pixel CE with the change class weighted by
+`task.change_weight` + soft Dice of the change class (change is rare: a few percent of pixels;
+unweighted CE settles on "no change", whose argmax then never predicts a change pixel). Metrics of the change class: F1, IoU,
 precision, recall, OA (`metrics/dense.ChangeMetrics`).
 """
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ChangeDetection(Task):
   def loss(self, model, batch, key, config, *, train: bool = True):
     del key
     logits, aux = self.logits(model, batch, config, train=train)
-    ce = pixel_cross_entropy(logits, batch["change"], batch["weight"])
+    cw = jnp.asarray([1.0, float(config.task.get("change_weight", 1.0))], jnp.float32)
+    ce = pixel_cross_entropy(logits, batch["change"], batch["weight"], class_weights=cw)
     dice = soft_dice_loss(logits, batch["change"], batch["weight"])
     task_loss = ce + float(config.task.dice_weight) * dice
     return task_loss + self.encoder_loss(aux, config), {

@@ -93,7 +93,7 @@ class _StopFlag:
 # compiled step instead of spending ~20 s re-tracing the same program. Small: each entry holds
 # compiled executables.
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
-_PROGRAMS_MAX = 4
+_PROGRAMS_MAX = 8
 
 
 # Keys the host loop reads and the programs do not (total_steps only where optim.schedule_steps
