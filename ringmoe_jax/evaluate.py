@@ -54,6 +54,7 @@ def evaluate(config, workdir: str, step: int | None = None,
     raise UserError(f"--workdir={workdir} is a {meta.get('task')!r} run but the config's task "
                     f"is {task.name!r}")
   registry = build_registry(config, saved=init_from.saved_registry(meta))
+  task = get_task(config, registry)
   mesh = make_mesh(config.mesh)
   setup, _ = programs(config, task, mesh, rules_for(config))  # a training run's, if in-process
   state, _, _ = ckpt.restore(step, setup.builder.abstract)

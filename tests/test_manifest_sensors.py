@@ -109,3 +109,27 @@ def test_channel_mismatch_and_bad_sensor_file_are_user_errors(ingested, tmp_path
     build_registry(micro_config(**{"data.sensor_files": (str(bad),)}))
   with pytest.raises(SensorDefinitionError, match="missing.json: cannot read sensor file"):
     build_registry(micro_config(**{"data.sensor_files": (str(tmp_path / "missing.json"),)}))
+
+
+def test_ingest_pretrain_linear_probe_with_a_user_band_subset(ingested, tmp_path):
+  """Issue 16: GeoTIFF -> ingest (user sensor file, --bands) -> pre-train with data.sensors left
+  out -> linear probe of the checkpoint, the sensor's id and band table from the run's registry
+  (my_sar_hh is not a built-in: a model built from the built-ins alone has no row for it)."""
+  from ringmoe_jax.tools import linear_probe  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  out, _ = ingested
+  config = _config([str(out)], **{"model.patch_embed": "spectral", "train.total_steps": 2,
+                                  "train.checkpoint_every": 2})
+  r = trainer.train(config, str(tmp_path / "run"))
+  assert r["step"] == 2 and np.isfinite(r["losses"]).all()
+  reg = linear_probe.run_registry(config, str(tmp_path / "run"), 2)
+  assert reg.names()[-1] == "my_sar_hh"
+  model, _ = linear_probe.load_trained_model(config, str(tmp_path / "run"))
+  bands = model.encoder.patch_embed.bands  # one row per registry sensor, the user's included
+  assert bands.names == reg.names()
+  assert bands.present[reg.index("my_sar_hh")].sum() == 1  # its one (HH) channel
+  result = linear_probe.evaluate(config, str(tmp_path / "run"), num_tiles=48)
+  assert result["sensors"] == ["my_sar_hh"]
+  probe = result["linear_probe"]
+  assert set(probe) == {"sar_l2", "mean_accuracy"}, probe
+  assert 0.0 <= probe["sar_l2"]["accuracy"] <= 1.0 and probe["sar_l2"]["test"] == 24

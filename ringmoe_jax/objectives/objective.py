@@ -63,9 +63,10 @@ class Objective:
   tables: sensor_tables.SensorTables
 
   @classmethod
-  def from_config(cls, config, model) -> Objective:
+  def from_config(cls, config, model, registry=None) -> Objective:
+    """registry: the run's (its sensor ids index the tables); None: training_registry."""
     mim, phys, con = config.mim, config.physics, config.contrastive
-    registry = sensor_tables.training_registry(config)
+    registry = sensor_tables.training_registry(config) if registry is None else registry
     tables = sensor_tables.build_tables(registry, tuple(phys.indices), tuple(config.data.sensors))
     for name in config.data.sensors:
       s = registry.get(name)

@@ -79,7 +79,7 @@ class SimMIMModel(nnx.Module):
 def simmim_loss(model: SimMIMModel, batch: dict[str, jax.Array], key: jax.Array, config=None, *,
                 train: bool = True, mask: jax.Array | None = None, mask_ratio: float | None = None,
                 mask_cell_px: int | None = None, balance_weight: float | None = None,
-                z_loss_weight: float = 0.0) -> tuple[jax.Array, dict[str, Any]]:
+                z_loss_weight: float = 0.0, registry=None) -> tuple[jax.Array, dict[str, Any]]:
   """Total loss and metrics (each term on its own) for one batch; see `objective.py`.
 
   config: the full config (sections mim, physics, contrastive, moe, data are read). Without it
@@ -87,6 +87,8 @@ def simmim_loss(model: SimMIMModel, batch: dict[str, jax.Array], key: jax.Array,
     z_loss_weight give SimMIM block masking, the model's target kinds and no weighted physics or
     contrastive term.
   mask: (B, h, w) bool token mask overriding the drawn one (tests).
+  registry: the run's SensorRegistry (the batches' sensor ids index its tables); None: the
+    built-ins + data.sensor_files.
   """
   if config is None:
     if mask_ratio is None or mask_cell_px is None or balance_weight is None:
@@ -94,5 +96,5 @@ def simmim_loss(model: SimMIMModel, batch: dict[str, jax.Array], key: jax.Array,
     obj = objective.Objective.legacy(model, mask_ratio=mask_ratio, mask_cell_px=mask_cell_px,
                                      balance_weight=balance_weight, z_loss_weight=z_loss_weight)
   else:
-    obj = objective.Objective.from_config(config, model)
+    obj = objective.Objective.from_config(config, model, registry)
   return obj.loss(model, batch, key, train=train, mask=mask)

@@ -16,21 +16,28 @@ from ringmoe_jax.tasks.segmentation import Segmentation
 TASKS = ("pretrain", "classification", "segmentation", "change_detection", "height")
 
 
-def get_task(config) -> Task:
-  """The task of config.task.name ('pretrain' when the config has no task section)."""
+def get_task(config, registry=None) -> Task:
+  """The task of config.task.name ('pretrain' when the config has no task section).
+
+  registry: the run's SensorRegistry (the trainer's: checkpoint ids, manifest sensors), whose
+  sensor ids the batches carry; the model's band table and the objective's sensor tables are
+  built from it. None: the built-ins + data.sensor_files (`sensor_tables.training_registry`)."""
   task = config.get("task", None)
   name = "pretrain" if task is None else str(task.name)
   if name == "pretrain":
-    return Pretrain()
-  if name == "classification":
-    return Classification(multilabel=bool(task.multilabel))
-  if name == "segmentation":
-    return Segmentation()
-  if name == "change_detection":
-    return ChangeDetection()
-  if name == "height":
-    return Height()
-  raise UserError(f"task.name={name!r}; expected one of {TASKS}")
+    out = Pretrain()
+  elif name == "classification":
+    out = Classification(multilabel=bool(task.multilabel))
+  elif name == "segmentation":
+    out = Segmentation()
+  elif name == "change_detection":
+    out = ChangeDetection()
+  elif name == "height":
+    out = Height()
+  else:
+    raise UserError(f"task.name={name!r}; expected one of {TASKS}")
+  out.registry = registry
+  return out
 
 
 __all__ = ["TASKS", "Task", "get_task"]

@@ -90,6 +90,7 @@ class Task:
   main_metric: str = ""
   batch_keys: tuple[str, ...] = ()
   log_keys: tuple[str, ...] = ()  # scalar aux values printed with the loss
+  registry = None         # the run's SensorRegistry (get_task); None: training_registry(config)
 
   # --- model -----------------------------------------------------------------------------
   def make_head(self, config, rngs: nnx.Rngs):
@@ -99,7 +100,7 @@ class Task:
   def make_model(self, config) -> FinetuneModel:
     rngs = nnx.Rngs(config.seed)
     with nnx.use_eager_sharding(False):
-      encoder = make_encoder(encoder_config(config), rngs)
+      encoder = make_encoder(encoder_config(config), rngs, self.registry)
       head, fusion = self.make_head(config, nnx.Rngs(config.seed + 1))
       return FinetuneModel(encoder, head, fusion)
 

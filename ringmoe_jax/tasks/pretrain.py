@@ -20,10 +20,10 @@ class Pretrain(Task):
   log_keys = ("recon_loss", "balance_loss")
 
   def make_model(self, config):
-    return make_model(config)
+    return make_model(config, registry=self.registry)
 
   def loss(self, model, batch, key, config, *, train: bool = True):
-    return simmim_loss(model, batch, key, config, train=train)
+    return simmim_loss(model, batch, key, config, train=train, registry=self.registry)
 
   def step_metrics(self, aux):
     out = {}

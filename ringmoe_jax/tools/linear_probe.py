@@ -47,8 +47,9 @@ from ringmoe_jax.train.model import input_channels, make_model
 PROBE_SEED = 10_000
 
 
-def load_trained_model(config, workdir: str, step: int | None = None):
-  """The SimMIM model of `config` with the parameters of the run's checkpoint (latest: None)."""
+def load_trained_model(config, workdir: str, step: int | None = None, registry=None):
+  """The SimMIM model of `config` with the parameters of the run's checkpoint (latest: None),
+  its sensor tables from `registry` (None: the run's, `run_registry`)."""
   import os  # pylint: disable=import-outside-toplevel
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
   step = ckpt.latest_step() if step is None else step
@@ -58,7 +59,9 @@ def load_trained_model(config, workdir: str, step: int | None = None):
   restored = ckpt.manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))
   ckpt.close()
-  model = make_model(config)
+  if registry is None:
+    registry = run_registry(config, workdir, int(step))
+  model = make_model(config, registry=registry)
   state = nnx.state(model, nnx.Param)
   params = jax.tree.map(np.asarray, restored.state["params"])
   nnx.replace_by_pure_dict(state, params)
@@ -66,10 +69,33 @@ def load_trained_model(config, workdir: str, step: int | None = None):
   return model, int(step)
 
 
-def probe_batches(config, num_tiles: int, *, batch_size: int = 32, seed: int = PROBE_SEED):
-  """Evaluation batches (numpy) with "label" and "clean" from unseen simulated scenes."""
-  reg = sensor_tables.training_registry(config)
+def probe_sensors(config, registry) -> tuple[str, ...]:
+  """The sensors the run trained on: data.sensors, or those of its shards (arrayrecord with
+  data.sensors empty: the manifests' sensors, e.g. a user sensor's band subset)."""
   sensors = tuple(config.data.sensors)
+  if not sensors and config.data.get("source") == "arrayrecord" and config.data.get("paths"):
+    from ringmoe_jax.data import sources  # pylint: disable=import-outside-toplevel
+    sensors = sources.sensors_in(config.data.paths, registry)
+  return sensors
+
+
+def run_registry(config, workdir: str, step: int):
+  """The run's sensor registry: the checkpoint's (its ids), plus this config's new sensors."""
+  import os  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train import init_from  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.trainer import build_registry  # pylint: disable=import-outside-toplevel
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
+  meta = ckpt.read_meta(step)
+  ckpt.close()
+  return build_registry(config, saved=init_from.saved_registry(meta))
+
+
+def probe_batches(config, num_tiles: int, *, batch_size: int = 32, seed: int = PROBE_SEED,
+                  registry=None):
+  """Evaluation batches (numpy) with "label" and "clean" from unseen simulated scenes of the
+  run's sensors (`probe_sensors`), rendered with `registry` (default: built-ins + sensor files)."""
+  reg = sensor_tables.training_registry(config) if registry is None else registry
+  sensors = probe_sensors(config, reg)
   src = SceneSimulator(num_tiles, int(config.data.tile_size), sensors=sensors, registry=reg,
                        seed=seed, nodata_fraction=0.0)
   max_channels = input_channels(config, reg)
@@ -150,7 +176,8 @@ def linear_probe(model, batches) -> dict[str, Any]:
   return out
 
 
-def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, float]:
+def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0,
+                         registry=None) -> dict[str, float]:
   """See the module docstring; over the SAR-L2 tiles of `batches`.
 
   Also reports, over the same pixels, the ratio of
@@ -167,7 +194,7 @@ def sar_l2_denoise_ratio(model, config, batches, *, seed: int = 0) -> dict[str, 
   kind = model.target_kinds[m]
   c = int(config.model.in_channels["sar_l2"])
   obj = objective_lib.Objective.from_config(config, model)
-  reg = sensor_tables.training_registry(config)
+  reg = sensor_tables.training_registry(config) if registry is None else registry
   tables = obj.tables
 
   @nnx.jit
@@ -245,9 +272,11 @@ def local_mean(obs: np.ndarray, seen: np.ndarray, window: int) -> np.ndarray:
 
 def evaluate(config, workdir: str, *, num_tiles: int = 1024) -> dict[str, Any]:
   model, step = load_trained_model(config, workdir)
-  batches = probe_batches(config, num_tiles)
-  return {"workdir": workdir, "step": step, "linear_probe": linear_probe(model, batches),
-          "sar_l2_denoise": sar_l2_denoise_ratio(model, config, batches)}
+  reg = run_registry(config, workdir, step)
+  batches = probe_batches(config, num_tiles, registry=reg)
+  return {"workdir": workdir, "step": step, "sensors": list(probe_sensors(config, reg)),
+          "linear_probe": linear_probe(model, batches),
+          "sar_l2_denoise": sar_l2_denoise_ratio(model, config, batches, registry=reg)}
 
 
 def main(argv):

@@ -104,13 +104,15 @@ _HOST_ONLY_TRAIN_KEYS = ("log_every", "checkpoint_every", "eval_every", "max_to_
 
 
 def _program_key(config, task, mesh) -> str:
+  # The registry is part of the program: the sensor ids of the batches index tables built from it.
   c = json.loads(config.to_json_best_effort())
   for k in _HOST_ONLY_TRAIN_KEYS:
     c["train"].pop(k, None)
   if int(config.optim.get("schedule_steps", 0) or 0):
     c["train"].pop("total_steps", None)
   c.pop("init_checkpoint", None)
-  return json.dumps([task.name, c,
+  reg = None if task.registry is None else json.loads(task.registry.to_json())
+  return json.dumps([task.name, c, reg,
                      [int(d.id) for d in mesh.devices.flat], list(mesh.axis_names),
                      list(mesh.devices.shape)])
 
@@ -236,6 +238,7 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
 
   # Input. The registry saved with the checkpoint wins (stable sensor ids and normalisation).
   registry = build_registry(config, saved=saved)
+  task = get_task(config, registry)  # the model's and objective's sensor tables: this registry
   data_iter = make_data(config, registry, task)
 
   # Model, optimizer, state on the mesh.
