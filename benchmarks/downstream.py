@@ -2,7 +2,7 @@ r"""Does pre-training help? Each downstream task fine-tuned from the tiny pre-tr
 vs from scratch (same steps, seed, data), in full / frozen / adapter mode, on simulated scenes.
 
   python benchmarks/downstream.py --root=/tmp/ringmoe_downstream [--tasks=segmentation,height]
-      [--modes=full,frozen,adapter] [--steps=150] [--pretrain_steps=300]
+      [--modes=full,frozen,adapter] [--steps=100] [--pretrain_steps=300]
 
 Runs in this process, one after the other: configs/pretrain_tiny.py (ROOT/pretrain, reused when
 finished), then for every task and mode `configs/finetune_<task>.py:mode=<m>,steps=<n>` with
@@ -29,7 +29,7 @@ flags.DEFINE_string("root", "/tmp/ringmoe_downstream", "Parent of the run workdi
 flags.DEFINE_list("tasks", ["classification", "segmentation", "change_detection", "height"],
                   "Tasks to run.")
 flags.DEFINE_list("modes", ["full", "frozen", "adapter"], "Fine-tuning modes.")
-flags.DEFINE_integer("steps", 150, "Fine-tuning steps per run.")
+flags.DEFINE_integer("steps", 100, "Fine-tuning steps per run.")
 flags.DEFINE_integer("pretrain_steps", 300, "Steps of the tiny pre-training.")
 flags.DEFINE_bool("quiet", True, "Hide the runs' own step lines.")
 

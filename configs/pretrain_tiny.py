@@ -36,6 +36,10 @@ Variants (`--config=configs/pretrain_tiny.py:ARG`, comma-separated):
   contrastive=on   (default) cross-modal InfoNCE; contrastive=off drops it (the data stay
                    grouped, so the ablation changes only the loss)
   masking=simmim   (default) or pimask
+  sensors=paper    (default) the paper's four sensors (Gaofen-2, Gaofen-1, Gaofen-3 SLC / amp.)
+  sensors=all      all 14 built-in sensors at once (13-band Sentinel-2, 2-channel Sentinel-1
+                   GRD, 8-channel SLC, ...) with model.patch_embed='spectral' and no channel
+                   override (README: its loss ratio next to the default's)
 Plain SimMIM baseline: `configs/pretrain_tiny.py:physics=none,contrastive=off`.
 Any field can be overridden too, e.g. `--config.moe.top_k=2 --config.train.total_steps=50`.
 
@@ -52,10 +56,11 @@ PHYSICS = ("all", "paper", "none")
 
 def get_config(arg=None):
   a = parse_arg(arg, steps=300, batch=32, dense=False, physics="all", contrastive="on",
-                masking="simmim")
+                masking="simmim", sensors="paper")
   check_choice(a, "physics", PHYSICS)
   check_choice(a, "contrastive", ("on", "off", True, False))
   check_choice(a, "masking", ("simmim", "pimask"))
+  check_choice(a, "sensors", ("paper", "all"))
   c = base_config()
   c.model.update(img_size=64, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16),
                  window_size=4, cpb_hidden=64)
@@ -73,4 +78,8 @@ def get_config(arg=None):
   c.data.update(num_tiles=4096, tile_size=80, batch_size=a["batch"], co_registered=4)
   c.optim.update(base_lr=1e-3, base_batch=a["batch"], warmup_steps=20)
   c.train.update(total_steps=a["steps"], log_every=10, checkpoint_every=100)
+  if a["sensors"] == "all":
+    from ringmoe_jax.sensors.registry import default_registry  # pylint: disable=import-outside-toplevel
+    c.data.sensors = default_registry().names()
+    c.model.patch_embed = "spectral"
   return c

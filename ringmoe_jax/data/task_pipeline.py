@@ -16,7 +16,8 @@ keeps its ground sampling distance. A tile smaller than the crop is padded with 
 Task record (readers/, simulator task sources; see docs/ARCHITECTURE.md):
   {"views": [{"sensor": str, "pixels": (H, W, C) physical, "valid": (H, W) bool}, ...],
    "name": str, and one of "label" int | "labels" (K,) | "mask" (H, W) int | "change" (H, W) int
-   | "height" (H, W) float (NaN = no value)}
+   | "height" (H, W) float (NaN = no value) | "boxes" (N, 5) le90 + "box_classes" (N,)
+   [+ "box_difficult" (N,)] (data/box_labels.py)}
 
 Batch (numpy):
   "pixels":   float32 (B, V, H, W, Cmax)  normalised per sensor; padding and invalid pixels 0
@@ -27,6 +28,8 @@ Batch (numpy):
   "mask":     int32 (B, H, W)            255 where ignored, where any view has no data, padding
   "change":   int32 (B, H, W)            same convention
   "height":   float32 (B, H, W)          metres (0 where not valid); "height_valid" float32 (B, H, W)
+  "gt_boxes": float32 (B, G, 5) + "gt_classes", "gt_valid", "gt_difficult" (B, G), "gt_dropped"
+              (B,): boxes cropped / flipped with the pixels, padded to G (data/box_labels.py)
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
+from ringmoe_jax.data import box_labels
 from ringmoe_jax.data.pipeline import DEFAULT_MIN_TILE_SIZE, _check_shard, _shard_shuffle_repeat
 from ringmoe_jax.data.records import validate_record
 from ringmoe_jax.errors import ReaderError
@@ -43,7 +47,8 @@ from ringmoe_jax.sensors.registry import SensorRegistry
 
 IGNORE = 255
 DENSE_KEYS = ("mask", "change", "height")
-LABEL_KEYS = ("label", "labels") + DENSE_KEYS
+BOX_KEYS = ("boxes", "box_classes", "box_difficult")
+LABEL_KEYS = ("label", "labels") + DENSE_KEYS + BOX_KEYS
 
 
 class PrepareViews(grain.transforms.Map):
@@ -82,7 +87,28 @@ class PrepareViews(grain.transforms.Map):
       if key in DENSE_KEYS and value.shape != shape:
         raise ReaderError(f"{name}: {key} is {value.shape} but the images are {shape}")
       out[key] = value
+    if "boxes" in out:
+      out.update(_check_boxes(name, out, shape))
     return out
+
+
+def _check_boxes(name: str, rec: Mapping[str, Any], shape) -> dict[str, np.ndarray]:
+  """Boxes of a record as (N, 5) le90, classes (N,), difficult (N,); each bad box named."""
+  boxes = np.asarray(rec["boxes"], np.float32)
+  if boxes.size == 0:
+    boxes = boxes.reshape(0, 5)
+  if boxes.ndim != 2 or boxes.shape[1] != 5:
+    raise ReaderError(f"{name}: boxes have shape {boxes.shape}, expected (N, 5) "
+                      "(cx, cy, w, h, angle)")
+  n = len(boxes)
+  classes = np.asarray(rec.get("box_classes", np.zeros(0)), np.int64).reshape(-1)
+  if len(classes) != n:
+    raise ReaderError(f"{name}: {n} boxes but {len(classes)} box_classes")
+  difficult = np.asarray(rec.get("box_difficult", np.zeros(n, bool)), bool).reshape(-1)
+  for i, b in enumerate(boxes):
+    if not np.all(np.isfinite(b)) or b[2] <= 0 or b[3] <= 0:
+      raise ReaderError(f"{name}: box {i} {b.tolist()} has a non-finite value or a size <= 0")
+  return {"boxes": boxes, "box_classes": classes, "box_difficult": difficult}
 
 
 def _crop_or_pad(a: np.ndarray, y: int, x: int, size: int, fill) -> np.ndarray:
@@ -110,6 +136,11 @@ def _window(element: Mapping[str, Any], y: int, x: int, size: int, flip_h: bool,
   for key, fill in (("mask", IGNORE), ("change", IGNORE), ("height", np.nan)):
     if key in element:
       out[key] = cut(element[key], fill)
+  if "boxes" in element:
+    b, c, d, dropped = box_labels.window(element["boxes"], element["box_classes"],
+                                         element["box_difficult"], y, x, size, flip_h, flip_v)
+    out.update(boxes=b, box_classes=c, box_difficult=d,
+               boxes_dropped=int(element.get("boxes_dropped", 0)) + dropped)
   return out
 
 
@@ -142,10 +173,12 @@ class CenterWindow(grain.transforms.Map):
 class ToTaskExample(grain.transforms.Map):
   """Stacks the views, pads channels to Cmax and turns labels into the batch's fixed form."""
 
-  def __init__(self, registry: SensorRegistry, max_channels: int, num_classes: int = 0):
+  def __init__(self, registry: SensorRegistry, max_channels: int, num_classes: int = 0,
+               max_boxes: int = 0):
     self._registry = registry
     self._max_channels = max_channels
     self._num_classes = num_classes
+    self._max_boxes = max_boxes
 
   def _check_classes(self, name: str, key: str, values: np.ndarray) -> None:
     bad = values[(values != IGNORE) & ((values < 0) | (values >= self._num_classes))]
@@ -196,19 +229,31 @@ class ToTaskExample(grain.transforms.Map):
       ok = np.isfinite(h) & all_valid
       ex["height"] = np.where(ok, h, 0).astype(np.float32)
       ex["height_valid"] = ok.astype(np.float32)
+    if "boxes" in element:
+      if self._max_boxes <= 0:
+        raise ReaderError(f"{name}: a record with boxes needs task.max_boxes > 0")
+      classes = np.asarray(element["box_classes"])
+      if self._num_classes:
+        bad = classes[(classes < 0) | (classes >= self._num_classes)]
+        if bad.size:
+          raise ReaderError(f"{name}: box class {int(bad[0])} is not a class id in "
+                            f"[0, {self._num_classes})")
+      ex.update(box_labels.pad_boxes(element["boxes"], classes, element["box_difficult"],
+                                     self._max_boxes, int(element.get("boxes_dropped", 0))))
     return ex
 
 
 def make_task_dataset(source, *, registry: SensorRegistry, num_views: int, batch_size: int,
                       crop_size: int, max_channels: int, seed: int, num_classes: int = 0,
                       shard_index: int = 0, shard_count: int = 1,
-                      min_tile_size: int = DEFAULT_MIN_TILE_SIZE) -> grain.MapDataset:
+                      min_tile_size: int = DEFAULT_MIN_TILE_SIZE,
+                      max_boxes: int = 0) -> grain.MapDataset:
   """Infinite, shuffled, augmented training batches of this shard (module docstring)."""
   _check_shard(shard_index, shard_count)
   ds = _shard_shuffle_repeat(source, seed, True, shard_index, shard_count)
   ds = ds.map(PrepareViews(registry, num_views, min_tile_size))
   ds = ds.random_map(RandomWindow(crop_size))
-  ds = ds.map(ToTaskExample(registry, max_channels, num_classes))
+  ds = ds.map(ToTaskExample(registry, max_channels, num_classes, max_boxes))
   return ds.batch(batch_size, drop_remainder=True)
 
 
@@ -228,13 +273,14 @@ def _pad_batch(batch_size: int):
 def make_task_eval_dataset(source, *, registry: SensorRegistry, num_views: int, batch_size: int,
                            crop_size: int, max_channels: int, num_classes: int = 0,
                            shard_index: int = 0, shard_count: int = 1,
-                           min_tile_size: int = DEFAULT_MIN_TILE_SIZE) -> grain.MapDataset:
+                           min_tile_size: int = DEFAULT_MIN_TILE_SIZE,
+                           max_boxes: int = 0) -> grain.MapDataset:
   """One ordered pass over this shard in batches of exactly B (padding has weight 0)."""
   _check_shard(shard_index, shard_count)
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
   ds = ds.map(PrepareViews(registry, num_views, min_tile_size))
   ds = ds.map(CenterWindow(crop_size))
-  ds = ds.map(ToTaskExample(registry, max_channels, num_classes))
+  ds = ds.map(ToTaskExample(registry, max_channels, num_classes, max_boxes))
   return ds.batch(batch_size, drop_remainder=False).map(_pad_batch(batch_size))
 
 

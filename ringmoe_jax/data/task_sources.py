@@ -13,6 +13,9 @@ Labels per task (all from the simulator's scene state, so they agree across sens
   change          "change" = 1 where the class changed between epoch 0 (before) and 1 (after);
                   one view per epoch (a single-sensor spec uses that sensor for both)
   height          "height" = building and canopy height in metres
+  detection       "boxes" (N, 5) le90 rotated boxes of the objects of `box_classes` (simulator
+                  class names: buildings on land, ships on water) and "box_classes" (N,) = the
+                  index in `box_classes` (data/box_labels.py)
 With probability `nodata_fraction` a view gets a nodata region (an image edge or a swath gap), so
 ignore handling is exercised like on real scenes.
 """
@@ -22,13 +25,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ringmoe_jax.data import synthetic
+from ringmoe_jax.data import box_labels, synthetic
 from ringmoe_jax.data.simulator import CLASSES, SceneSimulator
 from ringmoe_jax.data.task_pipeline import view_sensors
 from ringmoe_jax.errors import UserError
 from ringmoe_jax.sensors.registry import SensorRegistry
 
-TASK_KINDS = ("classification", "multilabel", "segmentation", "change", "height")
+TASK_KINDS = ("classification", "multilabel", "segmentation", "change", "height", "detection")
 EVAL_SEED_OFFSET = 1_000_003  # evaluation scenes come from another seed
 
 
@@ -37,7 +40,8 @@ class SimulatorTaskSource:
 
   def __init__(self, kind: str, num_records: int, tile_size: int, views: Sequence[str],
                registry: SensorRegistry, seed: int = 0, split: str = "train",
-               nodata_fraction: float = 0.1, multilabel_min_fraction: float = 0.05):
+               nodata_fraction: float = 0.1, multilabel_min_fraction: float = 0.05,
+               box_classes: Sequence[str] = ()):
     if kind not in TASK_KINDS:
       raise UserError(f"simulator task {kind!r}; expected one of {TASK_KINDS}")
     if split not in ("train", "eval"):
@@ -56,6 +60,11 @@ class SimulatorTaskSource:
     for s in specs:
       for name in s:
         registry.get(name)  # unknown sensor: error listing the registered ones
+    unknown = [c for c in box_classes if c not in CLASSES]
+    if unknown or (kind == "detection" and not box_classes):
+      raise UserError(f"task.box_classes {tuple(box_classes)!r}: expected simulator classes "
+                      f"(objects with boxes: 'building', 'ship'), one of {CLASSES}")
+    self._box_ids = [CLASSES.index(c) for c in box_classes]
     self.kind = kind
     self.specs = specs
     self.num_views = len(specs[0])
@@ -105,6 +114,12 @@ class SimulatorTaskSource:
       out["mask"] = cls.astype(np.int32)
     elif self.kind == "change":
       out["change"] = (recs[0]["class_map"] != recs[1]["class_map"]).astype(np.int32)
-    else:
+    elif self.kind == "height":
       out["height"] = recs[0]["label_height"].astype(np.float32)
+    else:
+      sim_cls = recs[0]["label_box_class"]
+      keep = np.isin(sim_cls, self._box_ids)
+      out["boxes"] = box_labels.from_simulator(recs[0]["label_rboxes"][keep])
+      out["box_classes"] = np.asarray([self._box_ids.index(int(c)) for c in sim_cls[keep]],
+                                      np.int32)
     return out
