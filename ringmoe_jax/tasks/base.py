@@ -134,7 +134,8 @@ class Task:
       n = int(t.num_records if split == "train" else t.eval_records)
       return SimulatorTaskSource(self.kind, n, int(t.tile_size), tuple(t.views), registry,
                                  seed=int(config.seed), split=split,
-                                 nodata_fraction=float(t.nodata_fraction))
+                                 nodata_fraction=float(t.nodata_fraction),
+                                 box_classes=tuple(t.get("box_classes", ())))
     if t.source == "reader":
       from ringmoe_jax.data.readers import make_reader  # pylint: disable=import-outside-toplevel
       return make_reader(t.reader, registry, split)
@@ -148,7 +149,8 @@ class Task:
               crop_size=int(config.model.img_size), max_channels=max_channels(config, registry),
               num_classes=self.num_classes(config) if self.kind != "height" else 0,
               shard_index=shard_index, shard_count=shard_count,
-              min_tile_size=int(config.model.patch_size))
+              min_tile_size=int(config.model.patch_size),
+              max_boxes=int(config.task.get("max_boxes", 0)))
     if split == "train":
       return task_pipeline.make_task_dataset(source, seed=int(config.seed), **kw)
     return task_pipeline.make_task_eval_dataset(source, **kw)
