@@ -8,7 +8,9 @@ reads one record per `__getitem__` (lazily, so worker processes share nothing) a
               file's values), "valid": (H, W) bool (False at the nodata value or NaN)}, ...],
    "name": str, <label>}
   label: "label" int | "labels" (K,) float32 multi-hot | "mask" (H, W) int32 (255 = ignore) |
-         "change" (H, W) int32 0/1 | "height" (H, W) float32 metres (NaN = no value)
+         "change" (H, W) int32 0/1 | "height" (H, W) float32 metres (NaN = no value) |
+         boxes: "boxes" (N, 5) float32 le90 + "box_classes" (N,) int32 + "box_difficult" (N,)
+         bool (data/box_labels.py)
 
   format          source                          layout                          label
   class_folders   folders.ClassFolders            root/<class>/<image>            label
@@ -17,6 +19,8 @@ reads one record per `__getitem__` (lazily, so worker processes share nothing) a
   levircd         levircd.LevirCD                 root/A, root/B, root/label      change
   height_pairs    pairs.HeightPairs               root/images, root/ndsm          height
   tfds            tfds_source.TfdsSource          root='<builder>[/cfg][@dir]'    label(s)
+  coco            coco.CocoDetection              annotations.json, root/images   boxes
+  dota            dota.DotaDetection              root/images, root/labelTxt      boxes
 
 Splits (split.py): train/ + val/ (or test/) subfolders pick the folder; else crc32 of each
 record's name against `val_fraction`. Bad input raises `ReaderError` naming the file.
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ringmoe_jax.data.readers.coco import CocoDetection
+from ringmoe_jax.data.readers.dota import DotaDetection
 from ringmoe_jax.data.readers.folders import ClassFolders
 from ringmoe_jax.data.readers.levircd import LevirCD
 from ringmoe_jax.data.readers.multilabel import MultiLabelFiles
@@ -40,9 +46,11 @@ READERS = {
     "levircd": LevirCD,
     "height_pairs": HeightPairs,
     "tfds": TfdsSource,
+    "coco": CocoDetection,
+    "dota": DotaDetection,
 }
 # Formats with class names to give (levircd has fixed ones, height_pairs none).
-_TAKES_CLASSES = ("class_folders", "multilabel", "seg_pairs", "tfds")
+_TAKES_CLASSES = ("class_folders", "multilabel", "seg_pairs", "tfds", "coco", "dota")
 
 
 def _field(cfg: Any, name: str, default: Any = None) -> Any:
@@ -85,4 +93,5 @@ def make_reader(cfg: Any, registry: SensorRegistry, split: str):
 
 
 __all__ = ["READERS", "make_reader", "ClassFolders", "MultiLabelFiles", "SegmentationPairs",
-           "HeightPairs", "LevirCD", "TfdsSource", "ReaderError"]
+           "HeightPairs", "LevirCD", "TfdsSource", "CocoDetection", "DotaDetection",
+           "ReaderError"]
