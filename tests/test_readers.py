@@ -329,8 +329,8 @@ def test_read_image_channel_count_dtype_and_not_a_raster(tmp_path):
 
 def test_make_reader_bad_format_root_sensor_and_empty_split(tmp_path):
   with pytest.raises(ReaderError) as e:
-    make_reader(_cfg("coco", tmp_path, "gaofen2_pms"), REG, "train")
-  assert "task.reader.format='coco'" in _message(e) and "class_folders" in _message(e)
+    make_reader(_cfg("voc", tmp_path, "gaofen2_pms"), REG, "train")
+  assert "task.reader.format='voc'" in _message(e) and "class_folders" in _message(e)
   with pytest.raises(ReaderError) as e:
     make_reader(_cfg("class_folders", tmp_path / "absent", "gaofen2_pms"), REG, "train")
   assert "absent: no such directory" in _message(e)
@@ -341,7 +341,7 @@ def test_make_reader_bad_format_root_sensor_and_empty_split(tmp_path):
     make_reader(_cfg("class_folders", tmp_path, "gaofen2_pms", val_fraction=0.0), REG, "eval")
   assert "no records for the 'eval' split" in _message(e)
   assert set(READERS) == {"class_folders", "multilabel", "seg_pairs", "levircd",
-                          "height_pairs", "tfds"}
+                          "height_pairs", "tfds", "coco", "dota"}
 
 
 # --- TFDS --------------------------------------------------------------------------------------
