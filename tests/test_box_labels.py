@@ -13,12 +13,12 @@ def _mask_of(box, size):
   """Pixels (H, W) whose centre lies in le90 `box` (through its corners: a half-plane test)."""
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
   c = box_labels.corners(np.asarray(box)[None])[0]
-  inside = np.ones((size, size), bool)
+  crosses = []
   for i in range(4):
     (x0, y0), (x1, y1) = c[i], c[(i + 1) % 4]
-    cross = (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0)
-    inside &= cross >= -1e-9
-  return inside
+    crosses.append((x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0))
+  crosses = np.stack(crosses)  # inside: on the same side of all 4 edges (either orientation)
+  return np.all(crosses >= -1e-9, 0) | np.all(crosses <= 1e-9, 0)
 
 
 def test_simulator_boxes_in_le90_cover_the_simulator_masks():

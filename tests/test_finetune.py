@@ -1,6 +1,5 @@
 """Fine-tuning through the one trainer: init from a pre-training run, modes, resume, evaluate,
 meshes, and every finetune config's abstract build."""
-import concurrent.futures
 import json
 
 import jax
@@ -8,20 +7,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import assert_close_to_reference, micro_config, micro_finetune_config
+from helpers import (FINETUNE_MESHES, assert_layouts_match_single_device, finetune_one_step,
+                     micro_config, micro_finetune_config)
 from ringmoe_jax.config.load import load_config
 from ringmoe_jax.errors import UserError
 from ringmoe_jax.evaluate import evaluate
 from ringmoe_jax.models.features import encode_views
-from ringmoe_jax.parallel.mesh import make_mesh
-from ringmoe_jax.parallel.sharding import batch_sharding, rules_for
 from ringmoe_jax.tasks import get_task
 from ringmoe_jax.tools.linear_probe import load_trained_model
 from ringmoe_jax.train import init_from, trainer
-from ringmoe_jax.train.setup import abstract_task_model, make_builder
-from ringmoe_jax.train.step import make_train_step
+from ringmoe_jax.train.setup import abstract_task_model
 
-TASK_CONFIGS = ("classification", "segmentation", "change_detection", "height")
+TASK_CONFIGS = ("classification", "segmentation", "change_detection", "height", "detection")
 
 
 @pytest.fixture(scope="module")
@@ -114,37 +111,12 @@ def test_init_checkpoint_shape_mismatch_names_the_parameter_and_field(pretrain_d
     init_from.PretrainedRun(pretrain_dir + "/nothing")
 
 
-def _one_step(config, mesh_cfg, devices):
-  config.mesh.update(mesh_cfg)
-  mesh = make_mesh(config.mesh, devices)
-  task = get_task(config)
-  setup = make_builder(config, task, mesh, rules_for(config))
-  state = setup.builder.init()
-  batch = task.make_dataset(config, trainer.build_registry(config), "train", batch_size=8)[0]
-  with jax.set_mesh(mesh):
-    batch = {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
-    step = make_train_step(setup.builder, config, task=task, trainable=setup.trainable)
-    state, metrics = step(state, batch)
-    return jax.device_get((state["params"], metrics["loss"], metrics["grad_norm"]))
-
-
 def test_finetune_step_on_meshes_equals_single_device():
-  # Fused optical + SAR segmentation (two views through the encoder, view fusion, UperNet).
-  layouts = {"single": (dict(data=1, fsdp=1, expert=1, tensor=1), jax.devices()[:1]),
-             "data8": (dict(data=8, fsdp=1, expert=1, tensor=1), jax.devices()),
-             "fsdp2_expert2_tensor2": (dict(data=1, fsdp=2, expert=2, tensor=2), jax.devices())}
-
-  def run(layout):
-    config = micro_finetune_config("segmentation")  # capacity dispatch: same drops everywhere
-    return _one_step(config, *layout)
-
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = dict(zip(layouts, pool.map(run, layouts.values())))
-  ref = results.pop("single")
-  for name, got in results.items():
-    np.testing.assert_allclose(got[1], ref[1], rtol=1e-5, err_msg=name)
-    np.testing.assert_allclose(got[2], ref[2], rtol=1e-5, err_msg=name)
-    jax.tree.map(lambda a, b: assert_close_to_reference(a, b, err_msg=name), got[0], ref[0])
+  # Fused optical + SAR segmentation (two views through the encoder, view fusion, UperNet);
+  # capacity dispatch (micro_finetune_config): the same drops everywhere.
+  assert_layouts_match_single_device(
+      lambda cfg, devices: finetune_one_step(micro_finetune_config("segmentation"), cfg,
+                                             devices), FINETUNE_MESHES)
 
 
 @pytest.mark.parametrize("name", TASK_CONFIGS)

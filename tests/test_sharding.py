@@ -1,6 +1,5 @@
 """Golden sharding of pretrain_14b per preset, expert weights on the expert axis, and a whole
 training step that gives the single-device numbers on every mesh layout."""
-import concurrent.futures
 import difflib
 import os
 
@@ -8,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import assert_close_to_reference, micro_config
+from helpers import assert_layouts_match_single_device, micro_config
 from ringmoe_jax.config.load import load_config
 from ringmoe_jax.parallel import inspect_sharding
 from ringmoe_jax.parallel.mesh import make_mesh
@@ -71,20 +70,10 @@ def _one_step(config, mesh_cfg, devices):
 
 def test_training_step_on_every_mesh_equals_single_device():
   # Every layout traces, compiles and runs its own init and step (~40 s a layout on the 2-core
-  # CI machine). XLA compiles a program on one core with the GIL released, so two layouts at
-  # a time (threads) use both cores: the wall time of this test nearly halves.
-  layouts = {"single": (dict(data=1, fsdp=1, expert=1, tensor=1), jax.devices()[:1]),
-             **{name: (mesh_cfg, jax.devices()) for name, mesh_cfg in MESHES.items()}}
-  def run(layout):
-    config = micro_config(**{"moe.dispatcher": "capacity"})  # the same drops on every layout
-    return _one_step(config, *layout)
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = dict(zip(layouts, pool.map(run, layouts.values())))
-  ref = results.pop("single")
-  for name, got in results.items():
-    np.testing.assert_allclose(got[1], ref[1], rtol=1e-5, err_msg=name)
-    np.testing.assert_allclose(got[2], ref[2], rtol=1e-5, err_msg=name)
-    jax.tree.map(lambda a, b: assert_close_to_reference(a, b, err_msg=name), got[0], ref[0])
+  # CI machine), two at a time (helpers.assert_layouts_match_single_device).
+  assert_layouts_match_single_device(
+      lambda cfg, devices: _one_step(micro_config(**{"moe.dispatcher": "capacity"}), cfg,
+                                     devices), MESHES)  # capacity: the same drops everywhere
 
 
 def test_a_shapes_only_builder_refuses_to_init():

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ringmoe_jax.ops.boxes import rbox_to_corners, rbox_to_hbox
+
 MIN_VISIBLE = 0.5  # fraction of a box's area inside the crop for it to stay a ground truth
 
 
@@ -38,13 +40,8 @@ def from_simulator(rb: np.ndarray) -> np.ndarray:
 
 
 def corners(boxes: np.ndarray) -> np.ndarray:
-  """(N, 5) le90 -> (N, 4, 2) corners (x, y), counter-clockwise in image coordinates."""
-  b = np.asarray(boxes, np.float64).reshape(-1, 5)
-  c, s = np.cos(b[:, 4]), np.sin(b[:, 4])
-  u = np.stack([c, s], -1) * (b[:, 2:3] / 2)    # half w along the angle
-  v = np.stack([-s, c], -1) * (b[:, 3:4] / 2)   # half h across it
-  ctr = b[:, None, :2]
-  return ctr + np.stack([u + v, -u + v, -u - v, u - v], axis=1)
+  """(N, 5) le90 -> (N, 4, 2) corners (x, y) (`ops.boxes.rbox_to_corners`, float64)."""
+  return rbox_to_corners(np.asarray(boxes, np.float64).reshape(-1, 5))
 
 
 def _clip_area(poly: np.ndarray, size: float) -> float:
@@ -113,9 +110,5 @@ def pad_boxes(boxes: np.ndarray, classes: np.ndarray, difficult: np.ndarray, max
 
 
 def envelope(boxes: np.ndarray) -> np.ndarray:
-  """(..., 5) le90 -> (..., 4) axis-aligned (x1, y1, x2, y2) that holds the rectangle."""
-  b = np.asarray(boxes, np.float64)
-  c, s = np.abs(np.cos(b[..., 4])), np.abs(np.sin(b[..., 4]))
-  ex = (b[..., 2] * c + b[..., 3] * s) / 2
-  ey = (b[..., 2] * s + b[..., 3] * c) / 2
-  return np.stack([b[..., 0] - ex, b[..., 1] - ey, b[..., 0] + ex, b[..., 1] + ey], -1)
+  """(..., 5) le90 -> (..., 4) axis-aligned (x1, y1, x2, y2) holding the rectangle (float64)."""
+  return rbox_to_hbox(np.asarray(boxes, np.float64))

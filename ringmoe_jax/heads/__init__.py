@@ -10,6 +10,8 @@ upernet.py         UperNetHead: levels -> segmentation logits (B, H/4, W/4, K); 
                    average pooling; upsample_logits.
 fusion.py          ViewFusion: per-level (B, V, h, w, C) -> (B, h, w, C) (optical + SAR).
 change.py          ChangeHead (BIT): before / after levels -> change logits (B, H/4, W/4, 2).
+detection.py       DetectionHead (CenterNet style on the stride-4 FPN): class heatmaps (B, H/4,
+                   W/4, K) + box parameters; targets, focal loss, peak picking, box decoding.
 bins.py            AdaptiveBinsHead: levels -> depth (B, H/4, W/4), bin centres (B, NB);
                    silog_loss, l1_loss.
 
@@ -19,8 +21,9 @@ under `nnx.use_eager_sharding(False)` (or a mesh), like the encoder's.
 from ringmoe_jax.heads.bins import AdaptiveBinsHead, l1_loss, silog_loss
 from ringmoe_jax.heads.change import ChangeHead
 from ringmoe_jax.heads.classification import ClassifierHead
+from ringmoe_jax.heads.detection import DetectionHead
 from ringmoe_jax.heads.fusion import ViewFusion
 from ringmoe_jax.heads.upernet import UperNetHead, adaptive_avg_pool, upsample_logits
 
-__all__ = ["AdaptiveBinsHead", "ChangeHead", "ClassifierHead", "UperNetHead", "ViewFusion",
+__all__ = ["AdaptiveBinsHead", "ChangeHead", "ClassifierHead", "DetectionHead", "UperNetHead", "ViewFusion",
            "adaptive_avg_pool", "l1_loss", "silog_loss", "upsample_logits"]

@@ -9,11 +9,13 @@ from ringmoe_jax.errors import UserError
 from ringmoe_jax.tasks.base import Task
 from ringmoe_jax.tasks.change_detection import ChangeDetection
 from ringmoe_jax.tasks.classification import Classification
+from ringmoe_jax.tasks.detection import Detection
 from ringmoe_jax.tasks.height import Height
 from ringmoe_jax.tasks.pretrain import Pretrain
 from ringmoe_jax.tasks.segmentation import Segmentation
 
-TASKS = ("pretrain", "classification", "segmentation", "change_detection", "height")
+TASKS = ("pretrain", "classification", "segmentation", "change_detection", "height",
+         "detection")
 
 
 def get_task(config, registry=None) -> Task:
@@ -34,6 +36,8 @@ def get_task(config, registry=None) -> Task:
     out = ChangeDetection()
   elif name == "height":
     out = Height()
+  elif name == "detection":
+    out = Detection()
   else:
     raise UserError(f"task.name={name!r}; expected one of {TASKS}")
   out.registry = registry

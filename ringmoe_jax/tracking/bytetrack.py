@@ -45,6 +45,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ringmoe_jax.errors import UserError
+from ringmoe_jax.ops.boxes import rbox_to_hbox
 from ringmoe_jax.tracking.kalman import KalmanFilter
 
 ASSOCIATIONS = ("iou", "center")
@@ -123,12 +124,7 @@ def envelope(boxes: np.ndarray) -> np.ndarray:
   boxes = np.asarray(boxes, np.float64)
   if boxes.ndim != 2 or boxes.shape[1] not in (4, 5):
     raise ValueError(f"boxes must be (N, 4) xyxy or (N, 5) rotated, got shape {boxes.shape}")
-  if boxes.shape[1] == 4:
-    return boxes
-  cx, cy, w, h, a = boxes.T
-  c, s = np.abs(np.cos(a)), np.abs(np.sin(a))
-  ex, ey = (w * c + h * s) / 2, (w * s + h * c) / 2  # half extents of the rotated corners
-  return np.stack([cx - ex, cy - ey, cx + ex, cy + ey], axis=1)
+  return boxes if boxes.shape[1] == 4 else rbox_to_hbox(boxes)
 
 
 def xyxy_to_cxcywh(b: np.ndarray) -> np.ndarray:
