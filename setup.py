@@ -14,6 +14,9 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
     "absl-py>=2.1",
     "tensorboardX>=2.6",
+    "scipy>=1.11",          # Hungarian matching (tracking), metrics
+    "pycocotools>=2.0.7",   # COCO mAP of detection
+    "motmetrics>=1.4",      # MOTA / IDF1 of tracking
 ]
 
 setup(
@@ -28,7 +31,8 @@ setup(
     package_data={"ringmoe_jax.moe": ["native/*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "spyndex>=0.6", "rasterio>=1.3", "scikit-learn>=1.3"],
+        "test": ["pytest>=8", "spyndex>=0.6", "rasterio>=1.3", "scikit-learn>=1.3",
+                 "shapely>=2.0"],
         "geo": ["rasterio>=1.3"],
         "plots": ["matplotlib>=3.8"],
     },

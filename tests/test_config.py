@@ -52,6 +52,20 @@ def test_invalid_values_name_the_field(field, value, message):
     validate(c)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("box_classes", (), r"task.box_classes is empty"),
+    ("max_boxes", 0, r"task.max_boxes=0 must be >= 1"),
+    ("max_detections", 1000, r"task.max_detections=1000 must be in \[1, task.max_candidates"),
+    ("nms_iou", 0.0, r"task.nms_iou=0.0 must be in \(0, 1\]"),
+    ("score_threshold", 1.0, r"task.score_threshold=1.0 must be in \[0, 1\)"),
+])
+def test_invalid_detection_fields_name_the_field(key, value, message):
+  c = load_config("finetune_detection:boxes=rotated")
+  c.task[key] = value
+  with pytest.raises(ConfigError, match=message):
+    validate(c)
+
+
 def test_window_larger_than_map_when_shrinking_is_off():
   c = load_config("pretrain_tiny")
   c.model.allow_window_shrink = False

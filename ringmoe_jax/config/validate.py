@@ -115,6 +115,26 @@ def validate(c) -> None:
   _check(sched >= 0, f"optim.schedule_steps={sched} must be >= 0 (0: train.total_steps)")
   for ax in ("data", "fsdp", "expert", "tensor"):
     _check(c.mesh[ax] == -1 or c.mesh[ax] >= 1, f"mesh.{ax}={c.mesh[ax]} must be -1 or >= 1")
+  if c.get("task", None) is not None and str(c.task.name) == "detection":
+    _validate_detection(c.task, int(m.img_size))
+
+
+def _validate_detection(t, img_size: int) -> None:
+  _check(len(t.get("box_classes", ())) > 0, "task.box_classes is empty; name the object "
+         "classes to detect (the simulator's 'building', 'ship', or a reader's classes)")
+  _check(int(t.max_boxes) >= 1, f"task.max_boxes={t.max_boxes} must be >= 1 (ground-truth "
+         "slots per tile)")
+  _check(img_size % 4 == 0, f"model.img_size={img_size} must be a multiple of the detector's "
+         "stride 4")
+  _check(int(t.max_candidates) >= 1, f"task.max_candidates={t.max_candidates} must be >= 1 "
+         "(top-k (cell, class) pairs before NMS; capped at the cells x classes of a crop)")
+  _check(1 <= int(t.max_detections) <= int(t.max_candidates),
+         f"task.max_detections={t.max_detections} must be in [1, task.max_candidates="
+         f"{t.max_candidates}]")
+  _check(0.0 <= float(t.score_threshold) < 1.0,
+         f"task.score_threshold={t.score_threshold} must be in [0, 1)")
+  _check(0.0 < float(t.nms_iou) <= 1.0, f"task.nms_iou={t.nms_iou} must be in (0, 1]")
+  _check(float(t.box_weight) >= 0, f"task.box_weight={t.box_weight} must be >= 0")
 
 
 def _validate_objective(c) -> None:
