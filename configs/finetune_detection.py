@@ -36,6 +36,9 @@ def get_config(arg=None):
   c.task.class_names = classes
   c.task.num_classes = len(classes)
   c.task.rotated = a["boxes"] == "rotated"
+  # Tiles of the crop's size: evaluation (centre crop) then keeps every box of a tile, so
+  # mAP counts all objects (training's random crops of a larger tile would drop edge boxes).
+  c.task.tile_size = int(c.model.img_size)
   # Ground-truth slots per tile (padded; more are dropped and counted), candidates before NMS,
   # detections kept per image (COCO maxDets), score floor, NMS IoU, box-loss weight.
   c.task.update(max_boxes=32 if a["size"] == "tiny" else 256, max_candidates=256,

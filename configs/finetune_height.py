@@ -5,7 +5,7 @@ r"""Height (nDSM) regression fine-tuning: adaptive-bins head on the multi-level 
   python -m ringmoe_jax.evaluate --config=configs/finetune_height.py --workdir=/tmp/ft_height
 
 Simulated Gaofen-2 tiles with building (6-60 m) and canopy (2-15 m) heights, 0 m elsewhere.
-L1 loss over valid pixels (`task.loss=silog` for SILog above `task.min_height`). Prints
+Balanced L1 (above / below `task.min_height`, each averaged; `task.loss=l1|silog`). Prints
 `step=<n> loss=... mae=...`, `eval step=<n> delta1=...`; evaluate prints `delta1`, `abs_rel`,
 `sq_rel`, `rmse`, `rmse_log`, `delta2`, `delta3`, `silog`, over pixels of 1-64 m.
 Variants: size=tiny|14b, mode=full|frozen|adapter, steps=N (300).

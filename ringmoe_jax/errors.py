@@ -95,7 +95,21 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
       path = getattr(flags.FLAGS[name], "config_filename", "")
       _exit_with(f"error: --{name}: config file {path!r} not found (a path relative to "
                  f"{os.getcwd()}, or absolute)")
+  quiet_library_logs(explicit=flags.FLAGS["verbosity"].present)
   return rest
+
+
+def quiet_library_logs(explicit: bool = False) -> None:
+  """By default a user sees our lines (progress, losses, checkpoints, errors) and the libraries'
+  warnings, not their INFO logging (Orbax prints ~150 INFO lines around a tiny run); an
+  explicit --verbosity (absl's -v) keeps whatever it asked for."""
+  if explicit:
+    return
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)
+  for name in ("orbax", "jax", "grain", "tensorboardX"):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
 
 
 def _unknown_override(err: BaseException) -> str | None:

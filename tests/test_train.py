@@ -2,6 +2,7 @@
 exactly, signals save, bad sensors fail clearly."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,9 @@ def test_sigterm_saves_and_a_rerun_resumes(tmp_path):
   assert p.wait(timeout=300) == 0, "".join(lines[-20:])
   out = "".join(lines)
   assert "stopped by signal 15 at step" in out, out[-2000:]
+  # The console: no library INFO logging (absl's 'I1207 12:00:00...' lines) by default.
+  assert not [l for l in lines if re.match(r"I\d{4} ", l)], lines[:5]
+  assert "checkpoints: " in out
   stopped = int(out.split("stopped by signal 15 at step ")[1].split(";")[0])
   assert 3 <= stopped < 400
   r = subprocess.run(cmd[:-1] + [f"--config.train.total_steps={stopped + 2}"], cwd=REPO,

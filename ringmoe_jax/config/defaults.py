@@ -20,6 +20,10 @@ def base_config() -> ml_collections.ConfigDict:
       pretrained_window_size=0, cpb_hidden=512,
       # Convpass adapters per block (fine-tuning mode "adapter" sets it from finetune.adapter_dim).
       adapter_dim=0, adapter_scale=1.0,
+      # The modalities the model has (patch embeddings, specialised experts and routers,
+      # decoders); () = all of MODALITIES. A sub-model of the expert-pruning transform keeps
+      # fewer (ringmoe_jax/prune); batch modality ids stay the global ones.
+      modalities=(),
       # A window larger than a stage's map shrinks to the map (Swin's rule). False: error.
       allow_window_shrink=True,
       in_channels=ml_collections.ConfigDict(dict(DEFAULT_CHANNELS)),
@@ -47,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
       expert_parallel="gspmd",  # or 'shard_map' (explicit all_to_all), parallel/expert_parallel.py
       renormalize_gates=False,  # the paper's code renormalises top-1 to 1: a bug (RINGMOE.md)
       batch_priority=False, jitter_noise=0.0, router_z_loss_weight=0.0,
+      # Hidden width of each shared FFN as a multiple of the block's dim; None: model.mlp_ratio.
+      # The dense model of a merge (ringmoe_jax/prune) folds the merged experts into it.
+      shared_mlp_ratio=ml_collections.config_dict.placeholder(float),
       dropless_block_sizes=(512, 256, 128, 64, 32)))
 
   c.mim = ml_collections.ConfigDict(dict(

@@ -33,7 +33,7 @@ def finetune_config(task: str, views, a) -> ml_collections.ConfigDict:
       class_names=CLASSES, multilabel=False, label_smoothing=0.1,
       num_records=2048, eval_records=256, tile_size=80, nodata_fraction=0.1,
       head_channels=64, dice_weight=1.0, num_bins=32, max_height=64.0, min_height=1.0,
-      loss="l1", reader=reader_defaults()))
+      loss="l1_balanced", reader=reader_defaults()))
   # mode: 'full' | 'frozen' | 'adapter' (tasks/base.py); layer_decay: full mode's LLRD.
   # adapter_dim: Convpass width, used in mode 'adapter' only (tasks/base.encoder_config).
   c.finetune = ml_collections.ConfigDict(dict(

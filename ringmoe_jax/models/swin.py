@@ -26,14 +26,17 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from ringmoe_jax.errors import UserError
 from ringmoe_jax.models.adapters import Convpass
 from ringmoe_jax.models.attention import WindowAttentionV2, effective_window, windowed_attention
 from ringmoe_jax.models.patch_embed import PATCH_EMBEDS, ModalityPatchEmbed, SpectralPatchEmbed
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
 from ringmoe_jax.parallel.mesh import ambient_axes
 from ringmoe_jax.parallel.sharding import constrain_batch
+from ringmoe_jax.sensors.modalities import MODALITIES, modality_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +66,46 @@ class EncoderConfig:
   # width (0: none, the pre-training encoder) and output scale.
   adapter_dim: int = 0
   adapter_scale: float = 1.0
+  # Global ids (MODALITIES positions) of the modalities the model has; () = all of in_channels.
+  # A modality sub-model (ringmoe_jax/prune) keeps fewer: its patch embeddings, special
+  # routers and experts are indexed by the position in this tuple (`local_modality`), while
+  # batches keep carrying global ids.
+  modalities: tuple[int, ...] = ()
 
   @property
   def num_stages(self) -> int:
     return len(self.depths)
+
+  @property
+  def kept_modalities(self) -> tuple[int, ...]:
+    return self.modalities or tuple(range(len(self.in_channels)))
+
+  @property
+  def is_modality_subset(self) -> bool:
+    return self.kept_modalities != tuple(range(len(self.in_channels)))
+
+  def local_modality(self, modality: jax.Array) -> jax.Array:
+    """(B,) global modality ids -> (B,) positions in kept_modalities; -1 for a dropped one.
+    The identity (the same array) for a model of every modality."""
+    if not self.is_modality_subset:
+      return modality
+    table = np.full((len(self.in_channels),), -1, np.int32)
+    table[list(self.kept_modalities)] = np.arange(len(self.kept_modalities), dtype=np.int32)
+    return jnp.asarray(table)[modality]
+
+  def check_modalities(self, modality) -> None:
+    """UserError for a tile of a modality this (pruned) model does not have; only where the ids
+    are concrete (an eager call): under jit such tiles get NaN features instead."""
+    if not self.is_modality_subset or isinstance(modality, jax.core.Tracer):
+      return
+    ids = np.asarray(modality).reshape(-1)
+    bad = sorted({int(i) for i in ids} - set(self.kept_modalities))
+    if bad:
+      names = [MODALITIES[i] if 0 <= i < len(MODALITIES) else str(i) for i in bad]
+      kept = ", ".join(MODALITIES[i] for i in self.kept_modalities)
+      raise UserError(f"tiles of modality {', '.join(names)}: this model has only {kept} "
+                      f"(model.modalities; a modality sub-model of ringmoe_jax.prune keeps no "
+                      "patch embedding or experts for the others)")
 
   def stage_dim(self, i: int) -> int:
     return self.embed_dim * 2**i
@@ -80,6 +119,9 @@ class EncoderConfig:
     kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
           for k, v in dict(model_cfg).items() if k in fields}
     kw["in_channels"] = tuple(in_channels)
+    # Names (the config's) or ids -> ids in MODALITIES order.
+    kw["modalities"] = tuple(sorted(modality_id(m) if isinstance(m, str) else int(m)
+                                    for m in kw.get("modalities", ())))
     return cls(**kw)
 
 
@@ -272,15 +314,20 @@ class RingMoEEncoder(nnx.Module):
     dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     if cfg.patch_embed not in PATCH_EMBEDS:
       raise ValueError(f"model.patch_embed={cfg.patch_embed!r}; expected one of {PATCH_EMBEDS}")
+    kept = cfg.kept_modalities
     if cfg.patch_embed == "spectral":
       if bands is None:
         raise ValueError("model.patch_embed='spectral' needs the registry's band table (bands=)")
-      self.patch_embed = SpectralPatchEmbed(len(cfg.in_channels), bands, cfg.patch_size,
+      if cfg.is_modality_subset:  # the table's sensors by local modality (-1: dropped)
+        bands = dataclasses.replace(bands, modality=np.asarray(
+            cfg.local_modality(np.asarray(bands.modality)), np.int32))
+      self.patch_embed = SpectralPatchEmbed(len(kept), bands, cfg.patch_size,
                                             cfg.embed_dim, dtype=dtype, param_dtype=pdt,
                                             rngs=rngs)
     else:
-      self.patch_embed = ModalityPatchEmbed(cfg.in_channels, cfg.patch_size, cfg.embed_dim,
-                                            dtype=dtype, param_dtype=pdt, rngs=rngs)
+      self.patch_embed = ModalityPatchEmbed([cfg.in_channels[m] for m in kept], cfg.patch_size,
+                                            cfg.embed_dim, dtype=dtype, param_dtype=pdt,
+                                            rngs=rngs)
     self.mask_token = nnx.Param(  # SimMIM: trunc-normal(0.02)
         nnx.initializers.truncated_normal(0.02)(rngs.params(), (cfg.embed_dim,), pdt),
         out_sharding=("embed",))
@@ -304,7 +351,9 @@ class RingMoEEncoder(nnx.Module):
 
     Args:
       pixels: (B, H, W, Cmax) normalised pixels; channels past a modality's count are ignored.
-      modality: (B,) int32 modality id of each tile (from its sensor tag).
+      modality: (B,) int32 modality id of each tile (from its sensor tag; global MODALITIES
+        ids, also for a modality sub-model: a dropped modality is a UserError when the ids are
+        concrete, NaN features under jit).
       sensor: (B,) int32 registry index of each tile's sensor: the 'spectral' patch embedding
         needs it (its kernels come from the sensor's bands), the 'fixed' one ignores it.
       mask: (B, H/p, W/p) bool, True = replace that patch by the mask token (SimMIM).
@@ -318,7 +367,11 @@ class RingMoEEncoder(nnx.Module):
       aux: {'balance_loss': () summed over blocks, 'routing': {router: {stat: (L, ...)}}}.
     """
     cfg = self.cfg
+    cfg.check_modalities(modality)
+    modality = cfg.local_modality(modality)  # from here on: positions in kept_modalities
     x = self.patch_embed(pixels, modality, sensor=sensor, channels=channels)  # (B, h, w, D)
+    if cfg.is_modality_subset:  # a dropped modality's tile (under jit): NaN, never plausible
+      x = jnp.where((modality < 0)[:, None, None, None], jnp.nan, x)
     b, h, w, _ = x.shape
     if valid is None:
       tok_valid = jnp.ones((b, h, w), bool)

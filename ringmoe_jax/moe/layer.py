@@ -3,7 +3,7 @@
 For a token x of modality m:  y = Special[m](x) + Collab(x) + Shared(x)  (plain sum), where
   Special[m]: Es experts owned by modality m, routed by modality m's router (top-k);
   Collab:     Ec experts shared by all modalities, one joint router (top-k);
-  Shared:     Sh always-on FFNs (no router).
+  Shared:     Sh always-on FFNs (no router), of width shared_mlp_ratio * D when set.
 Any of Es, Ec, Sh may be 0.
 
 Axes: T tokens, D model dim, F hidden dim, M modalities, Es/Ec experts per router.
@@ -60,6 +60,9 @@ class MoEConfig:
   router_z_loss_weight: float = 0.0
   # Row-block sizes of the dropless_blocked kernel, largest first (grouped.py).
   dropless_block_sizes: tuple[int, ...] = (512, 256, 128, 64, 32)
+  # Hidden width of the shared FFNs = shared_mlp_ratio * dim; None: the routed experts' width
+  # (a pruned dense model folds its merged experts into one wider shared FFN).
+  shared_mlp_ratio: float | None = None
 
   @classmethod
   def from_config(cls, moe_cfg: Any, num_modalities: int) -> "MoEConfig":
@@ -98,7 +101,9 @@ class HierarchicalMoE(nnx.Module):
     self.collab_router = (Router(dim, 1, cfg.num_collab, cfg.router_init_std, rngs=rngs)
                           if cfg.num_collab else None)
     self.collab = StackedExperts(cfg.num_collab, dim, hidden, **kw) if cfg.num_collab else None
-    self.shared = StackedExperts(cfg.num_shared, dim, hidden, **kw) if cfg.num_shared else None
+    shared_hidden = hidden if cfg.shared_mlp_ratio is None else int(dim * cfg.shared_mlp_ratio)
+    self.shared = (StackedExperts(cfg.num_shared, dim, shared_hidden, **kw) if cfg.num_shared
+                   else None)
 
   def _routed(self, x, router, experts, group, valid, num_groups, capacity, key):
     cfg = self.cfg

@@ -56,9 +56,12 @@ class SimMIMModel(nnx.Module):
     self.out_channels = tuple(targets.target_channels(k, c)
                               for k, c in zip(self.target_kinds, cfg.in_channels))
     stride = cfg.patch_size * 2 ** (cfg.num_stages - 1)
+    # Decoders of the encoder's modalities only (a modality sub-model keeps its own); they are
+    # indexed by local modality. Kinds and channels stay per MODALITIES for the objective (a
+    # dropped modality is simply absent from every batch).
     self.decoders = ModalityDecoders(cfg.stage_dim(cfg.num_stages - 1), stride,
-                                     self.out_channels, param_dtype=jnp.dtype(cfg.param_dtype),
-                                     rngs=rngs)
+                                     [self.out_channels[m] for m in cfg.kept_modalities],
+                                     param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
     # Learnable InfoNCE temperature (as a log, clipped in use). A 0-d Param: no weight decay
     # (optim decays >= 2-D leaves only), and its name holds "temperature" for no-decay lists.
     self.contrastive_log_temperature = nnx.Param(contrastive.init_log_temperature())
@@ -68,7 +71,8 @@ class SimMIMModel(nnx.Module):
     feats, aux = self.encoder(batch["pixels"], batch["modality"], sensor=batch.get("sensor"),
                               mask=mask, valid=batch["valid"], train=train,
                               channels=batch.get("channels"))
-    return self.decoders(feats[-1], batch["modality"]), feats[-1], aux
+    local = self.encoder.cfg.local_modality(batch["modality"])
+    return self.decoders(feats[-1], local), feats[-1], aux
 
   def __call__(self, batch: dict[str, jax.Array], mask: jax.Array, *, train: bool = True):
     """-> prediction (B, H, W, Ko), encoder aux."""

@@ -3,8 +3,10 @@
 `AdaptiveBinsHead` on the fused multi-level features: per-image bin centres from the pooled
 features, per-pixel bin probabilities, height = their expectation; on the stride-4 grid,
 up-sampled bilinearly to the crop.
-Loss: L1 over valid pixels (choice: an nDSM is 0 m on most of the ground, where SILog's log is
-undefined; `task.loss='silog'` uses SILog over pixels above `task.min_height`).
+Loss (`task.loss`): 'l1_balanced' (default) = mean L1 over the valid pixels at or above
+`task.min_height` + mean L1 over those below it: an nDSM is 0 m on most of the ground, and a
+plain L1 ('l1') is then won by predicting 0 everywhere, where every metric (computed above
+min_height) fails; SILog's log is undefined at 0 m ('silog': SILog above min_height only).
 Metrics (`metrics/depth.DepthAccumulator`, per image then averaged, over valid pixels with a
 height in [min_height, max_height]): AbsRel, SqRel, RMSE, RMSE-log, delta < 1.25 / 1.25^2 /
 1.25^3, SILog.
@@ -57,11 +59,15 @@ class Height(Task):
     mae = l1_loss(pred, batch["height"], valid)
     if kind == "l1":
       task_loss = mae
+    elif kind == "l1_balanced":
+      above = valid * (batch["height"] >= float(config.task.min_height))
+      task_loss = (l1_loss(pred, batch["height"], above)
+                   + l1_loss(pred, batch["height"], valid - above))
     elif kind == "silog":
       positive = valid * (batch["height"] >= float(config.task.min_height))
       task_loss = silog_loss(jnp.maximum(pred, 1e-3), batch["height"], positive)
     else:
-      raise UserError(f"task.loss={kind!r}; expected 'l1' or 'silog'")
+      raise UserError(f"task.loss={kind!r}; expected 'l1_balanced', 'l1' or 'silog'")
     return task_loss + self.encoder_loss(aux, config), {
         "task_loss": task_loss, "mae": mae, "balance_loss": aux["balance_loss"],
         "routing": aux["routing"]}

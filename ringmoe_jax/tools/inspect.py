@@ -59,7 +59,8 @@ def param_summary(config, model=None) -> dict[str, int]:
     from ringmoe_jax.train.model import abstract_model  # pylint: disable=import-outside-toplevel
     model = abstract_model(config)
   b = param_breakdown(model)
-  moe, m = config.moe, len(MODALITIES)
+  # The model's own modality count (a modality sub-model of ringmoe_jax.prune has fewer).
+  moe, m = config.moe, model.encoder.moe_cfg.num_modalities
   k = moe.top_k
   special_active = b["special"] * k // (m * moe.num_special) if moe.num_special else 0
   collab_active = b["collab"] * k // moe.num_collab if moe.num_collab else 0
@@ -73,13 +74,14 @@ def param_summary(config, model=None) -> dict[str, int]:
 def forward_flops_per_tile(config) -> dict[str, float]:
   """Analytic forward FLOPs (2 x multiply-adds) of one tile, per term (module doc)."""
   mc, moe = config.model, config.moe
-  m = len(MODALITIES)
+  kept = tuple(mc.get("modalities", ())) or MODALITIES  # a modality sub-model has fewer
+  m = len(kept)
   grid = mc.img_size // mc.patch_size
-  cin = max(int(mc.in_channels[x]) for x in MODALITIES)
+  cin = max(int(mc.in_channels[x]) for x in kept)
   t = {"patch_embed": 2.0 * grid * grid * mc.patch_size ** 2 * cin * mc.embed_dim,
        "attn_proj": 0.0, "attn_scores": 0.0, "router": 0.0, "experts": 0.0, "merge": 0.0}
-  experts_per_token = (k := moe.top_k) * bool(moe.num_special) + k * bool(moe.num_collab) \
-      + moe.num_shared
+  experts_per_token = (k := moe.top_k) * bool(moe.num_special) + k * bool(moe.num_collab)
+  shared_ratio = moe.get("shared_mlp_ratio") or mc.mlp_ratio  # shared FFN width / dim
   router_width = m * moe.num_special + moe.num_collab
   for i, depth in enumerate(mc.depths):
     c = mc.embed_dim * 2 ** i
@@ -90,12 +92,13 @@ def forward_flops_per_tile(config) -> dict[str, float]:
     t["attn_scores"] += depth * 2.0 * 2 * n * ws * ws * c  # QK^T and AV
     t["router"] += depth * 2.0 * n * c * router_width
     t["experts"] += depth * experts_per_token * 2.0 * 2 * n * c * hidden
+    t["experts"] += depth * moe.num_shared * 2.0 * 2 * n * c * int(c * shared_ratio)
     if i < len(mc.depths) - 1:
       t["merge"] += 2.0 * (n // 4) * 4 * c * 2 * c
   c_last = mc.embed_dim * 2 ** (len(mc.depths) - 1)
   n_last = (grid // 2 ** (len(mc.depths) - 1)) ** 2
   stride = mc.patch_size * 2 ** (len(mc.depths) - 1)
-  ko = max(target_channels(config.mim.targets[x], int(mc.in_channels[x])) for x in MODALITIES)
+  ko = max(target_channels(config.mim.targets[x], int(mc.in_channels[x])) for x in kept)
   t["decoder"] = 2.0 * n_last * c_last * stride * stride * ko
   t["total"] = sum(t.values())
   return t
@@ -104,10 +107,15 @@ def forward_flops_per_tile(config) -> dict[str, float]:
 def main(argv=None) -> dict[str, Any]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default="configs/pretrain_14b.py",
-                  help="configs/NAME.py[:ARG] (ringmoe_jax.config.load.load_config)")
+                  help="configs/NAME.py[:ARG] (ringmoe_jax.config.load.load_config), or the "
+                  "config.json of a workdir written by ringmoe_jax.prune")
   args = ap.parse_args(argv)
-  from ringmoe_jax.config.load import load_config  # pylint: disable=import-outside-toplevel
-  config = load_config(args.config)
+  if args.config.endswith(".json"):
+    from ringmoe_jax.prune.plan import load_config_json  # pylint: disable=import-outside-toplevel
+    config = load_config_json(args.config)
+  else:
+    from ringmoe_jax.config.load import load_config  # pylint: disable=import-outside-toplevel
+    config = load_config(args.config)
   out: dict[str, Any] = param_summary(config)
   flops = forward_flops_per_tile(config)
   out["flops_per_tile"] = int(flops["total"])

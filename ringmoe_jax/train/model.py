@@ -5,6 +5,7 @@ import dataclasses
 
 from flax import nnx
 
+from ringmoe_jax.errors import UserError
 from ringmoe_jax.models.swin import EncoderConfig, RingMoEEncoder
 from ringmoe_jax.moe.layer import MoEConfig
 from ringmoe_jax.objectives import sensor_tables
@@ -56,7 +57,7 @@ def encoder_configs(config, registry=None) -> tuple[EncoderConfig, MoEConfig]:
   enc_cfg = dataclasses.replace(enc_cfg, scan_blocks=bool(remat.get("scan_blocks", True)),
                                 remat=str(remat.get("policy", "none")),
                                 route_per_shard=bool(config.mesh.get("route_per_shard", False)))
-  return enc_cfg, MoEConfig.from_config(config.moe, len(MODALITIES))
+  return enc_cfg, MoEConfig.from_config(config.moe, len(enc_cfg.kept_modalities))
 
 
 def make_encoder(config, rngs: nnx.Rngs, registry=None) -> RingMoEEncoder:
@@ -68,10 +69,23 @@ def make_encoder(config, rngs: nnx.Rngs, registry=None) -> RingMoEEncoder:
   from shard manifests or a checkpoint)."""
   enc_cfg, moe_cfg = encoder_configs(config, registry)
   bands = None
-  if enc_cfg.patch_embed == "spectral":
+  if enc_cfg.patch_embed == "spectral" or enc_cfg.is_modality_subset:
     registry = sensor_tables.training_registry(config) if registry is None else registry
+  if enc_cfg.patch_embed == "spectral":
     bands = sensor_tables.band_table(registry)
+  if enc_cfg.is_modality_subset:
+    _check_sensors_kept(config, registry, enc_cfg.kept_modalities)
   return RingMoEEncoder(enc_cfg, moe_cfg, rngs=rngs, bands=bands)
+
+
+def _check_sensors_kept(config, registry, kept: tuple[int, ...]) -> None:
+  """UserError naming a data.sensors sensor whose modality a modality sub-model dropped."""
+  names = [MODALITIES[i] for i in kept]
+  for name in config.data.get("sensors", ()):
+    if name in registry.names() and registry.get(name).modality not in names:
+      raise UserError(f"data.sensors: sensor {name!r} is {registry.get(name).modality} but this "
+                      f"model has only {', '.join(names)} (model.modalities: a modality "
+                      "sub-model of ringmoe_jax.prune); use sensors of those modalities")
 
 
 def make_model(config, seed: int | None = None, *, registry=None) -> SimMIMModel:

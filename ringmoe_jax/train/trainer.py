@@ -247,6 +247,8 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
   builder = setup.builder
   if primary:
     print(setup.describe(), flush=True)
+    print(f"checkpoints: {ckpt.directory} (every {config.train.checkpoint_every} steps and at "
+          "the end)", flush=True)
 
   if latest is not None:
     state, data_state, _ = ckpt.restore(latest, builder.abstract)
