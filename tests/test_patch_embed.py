@@ -143,11 +143,21 @@ def test_band_dropout_is_deterministic_and_masks_pixels():
   np.testing.assert_array_equal(next(it2)["channels"], want["channels"])
 
 
-def test_micro_pretraining_step_on_all_builtin_sensors(tmp_path):
+def test_micro_pretraining_step_on_all_builtin_sensors_and_a_user_file_sensor(tmp_path):
+  """All 14 built-ins at once, no channel override, plus a sensor defined in a user JSON file
+  (data.sensor_files): it trains without code changes, rendered by the simulator from its bands."""
+  import json  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train import trainer  # pylint: disable=import-outside-toplevel
   names = default_registry().names()
   assert len(names) == 14
-  c = micro_config(**{"model.patch_embed": "spectral", "data.sensors": names})
+  user = {"name": "my_msi", "modality": "ms", "gsd_m": 2.0, "product_level": "L2A",
+          "scale": "reflectance", "mean": [0.1] * 5, "std": [0.1] * 5,
+          "bands": [{"name": n, "center_wavelength_nm": w, "bandwidth_nm": 40.0}
+                    for n, w in (("blue", 485), ("green", 555), ("red", 660), ("re", 705),
+                                 ("nir", 830))]}
+  (tmp_path / "my_msi.json").write_text(json.dumps(user))
+  c = micro_config(**{"model.patch_embed": "spectral", "data.sensors": names + ("my_msi",),
+                      "data.sensor_files": (str(tmp_path / "my_msi.json"),)})
   c.train.update(total_steps=1, log_every=1, checkpoint_every=100)
-  r = trainer.train(c, str(tmp_path))
+  r = trainer.train(c, str(tmp_path / "run"))
   assert len(r["losses"]) == 1 and np.isfinite(r["losses"][0]), r["losses"]

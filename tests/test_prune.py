@@ -26,12 +26,45 @@ from ringmoe_jax.train.model import abstract_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Hand-made routing counts {router: (L, E)} of the micro model (5 blocks, 4 collaborative
+# experts, 4 modalities x 4 special ones), and the collaborative experts `frequency` keeps:
+# most used first, ties to the lower id, listed in ascending id order.
+HAND_COUNTS = np.array([[5, 1, 9, 9], [0, 0, 0, 0], [3, 7, 2, 8], [1, 2, 3, 4], [10, 0, 0, 10]],
+                       np.float64)
+HAND_SPECIAL = np.arange(5 * 16, dtype=np.float64).reshape(5, 16) % 7
+HAND_KEPT = {0.5: [[2, 3], [0, 1], [1, 3], [2, 3], [0, 3]], 0.25: [[2], [0], [3], [3], [0]]}
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-  """A 2-step micro pre-training run: a real checkpoint with routing counts."""
-  from ringmoe_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  """A micro pre-training workdir at step 2 in the trainer's format (its StateBuilder state,
+  data-iterator item and meta, written by train/checkpoint.Checkpointer) with the hand-made
+  routing counts. Not trainer.train: compiling the pre-training step costs ~30-100 s here."""
+  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.parallel.mesh import make_mesh
+  from ringmoe_jax.parallel.sharding import rules_for
+  from ringmoe_jax.sensors.modalities import MODALITIES
+  from ringmoe_jax.tasks import get_task
+  from ringmoe_jax.train.checkpoint import Checkpointer
+  from ringmoe_jax.train.setup import make_builder
+  from ringmoe_jax.train.trainer import build_registry, make_data
   wd = str(tmp_path_factory.mktemp("prune") / "src")
-  trainer.train(micro_config(**{"train.total_steps": 2}), wd)
+  config = micro_config()
+  registry = build_registry(config)
+  task = get_task(config, registry)
+  mesh = make_mesh(config.mesh)
+  builder = make_builder(config, task, mesh, rules_for(config)).builder
+  state = builder.init()
+  counts = {"special": HAND_SPECIAL, "collab": HAND_COUNTS}
+  state["routing_counts"] = {k: jnp.asarray(v, jnp.float32) for k, v in counts.items()}
+  state["step"] = jnp.asarray(2, jnp.int32)
+  meta = {"config": json.loads(config.to_json_best_effort()), "task": task.name,
+          "init_checkpoint": None, "sensors": json.loads(registry.to_json()),
+          "modalities": list(MODALITIES),
+          "routing_counts": {k: v.tolist() for k, v in counts.items()}}  # as trainer.save
+  ckpt = Checkpointer(os.path.join(wd, "checkpoints"), max_to_keep=1, async_save=False)
+  ckpt.save(2, state, make_data(config, registry, task).get_state(), meta)
+  ckpt.close()
   return wd
 
 
@@ -110,12 +143,6 @@ def test_pretrain_14b_plan_sizes_without_allocating(capsys):
 
 
 # -------------------------------------------------------------------------------- frequency
-
-HAND_COUNTS = np.array([[5, 1, 9, 9], [0, 0, 0, 0], [3, 7, 2, 8], [1, 2, 3, 4], [10, 0, 0, 10]],
-                       np.float64)
-# Most used first, ties to the lower id, then in ascending id order.
-HAND_KEPT = {0.5: [[2, 3], [0, 1], [1, 3], [2, 3], [0, 3]], 0.25: [[2], [0], [3], [3], [0]]}
-
 
 def test_frequency_keeps_hand_computed_experts_and_slices_the_router():
   c = micro_config()
@@ -293,9 +320,12 @@ def test_cli_end_to_end_output_fine_tunes(source, tmp_path, capsys):
   assert saved["config_overrides"] == plan.config_overrides == {
       "model.modalities": ["opt", "ms", "sar_l2"], "moe.num_collab": 0, "moe.num_special": 0,
       "moe.num_shared": 1, "moe.shared_mlp_ratio": None}
-  # 3 modalities x 4 special + 2 collab + 1 shared = 15 members, d_ff / 15 hidden units each.
-  assert all(sum(bp.merge["ranks"]) == bp.hidden and len(bp.merge["members"]) == 15
-             for bp in plan.blocks)
+  # 3 modalities x 4 special + 2 collab (the hand-computed ones) + 1 shared = 15 members,
+  # d_ff / 15 hidden units each.
+  for bp, kept in zip(plan.blocks, HAND_KEPT[0.5]):
+    assert [m for m in bp.merge["members"] if m.startswith("collab")] == [
+        f"collab/{j}" for j in kept]
+    assert len(bp.merge["members"]) == 15 and sum(bp.merge["ranks"]) == bp.hidden
   sizes = inspect_tool.main([f"--config={out}/config.json"])
   assert sizes["total_params"] == plan.sizes[-1]["total_params"]
   meta = run.Source(out)

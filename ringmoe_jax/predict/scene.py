@@ -226,8 +226,8 @@ def _flush(acc, writer, upto: int, floats: bool) -> None:
     if floats:
       writer.write(top, rows)
     else:
-      nodata = np.isnan(rows[0])
-      ids = np.argmax(np.nan_to_num(rows, nan=0.0), axis=0).astype(np.uint8)
+      nodata = np.isnan(rows[0])   # all channels NaN there: argmax gives 0, overwritten
+      ids = np.argmax(rows, axis=0).astype(np.uint8)
       ids[nodata] = CLASS_NODATA
       writer.write(top, ids[None])
 

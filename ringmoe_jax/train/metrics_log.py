@@ -45,13 +45,17 @@ class MetricWriter:
     record = {"step": int(step), **_jsonable(metrics)}
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    # TensorBoard gets the finite values only (an undefined metric, e.g. the AP of a class with
+    # no object, or the first step's rate, stays NaN in metrics.jsonl; tensorboardX would warn
+    # about each one on the console).
     for k, v in flatten(metrics).items():
       a = np.asarray(v)
-      if a.ndim == 0:
+      if a.ndim == 0 and np.isfinite(a):
         self.tb.add_scalar(k, float(a), step)
       elif a.ndim == 1 and a.size <= 256:
         for i, x in enumerate(a):
-          self.tb.add_scalar(f"{k}/{i}", float(x), step)
+          if np.isfinite(x):
+            self.tb.add_scalar(f"{k}/{i}", float(x), step)
     self.tb.flush()
 
   def close(self) -> None:
