@@ -5,10 +5,11 @@ GeoJSON, and each bad input's message with nothing left behind.
 The model tests share one micro segmentation checkpoint in the trainer's layout (Orbax state,
 meta with the config and the sensor registry) whose state is made on the host (`host_state`):
 a 1-step training run costs ~50 s on the 2-core machine and compiling the init alone ~25 s,
-and prediction does not care whether the weights were trained. Capacity dispatch as the micro configs use, with
-`moe.eval_capacity_factor=16`: at the default 2.0 the special experts of a single-modality
-batch hold T/8 tokens each (1/4 of the tokens expected per modality), so tokens would drop
-and a window's output would depend on its batch; 16 makes each expert's capacity T.
+and prediction does not care whether the weights were trained. Capacity dispatch as the micro
+configs use, with `moe.eval_capacity_factor=16`: at the default 2.0 the special experts of a
+single-modality batch hold T/8 tokens each (1/4 of the tokens expected per modality), so
+tokens drop and a window's output depends on its batch (measured: the window-alone check is
+off by 0.17 in probability); 16 makes each expert's capacity T, and the check is exact.
 """
 import json
 import os
@@ -25,8 +26,11 @@ from rasterio.transform import from_origin  # noqa: E402
 from rasterio.warp import transform as warp_transform  # noqa: E402
 
 from ringmoe_jax.errors import ReaderError, UserError  # noqa: E402
+from ringmoe_jax.ops import boxes as box_ops  # noqa: E402
 from ringmoe_jax.predict import vector, windows  # noqa: E402
+from ringmoe_jax.predict.raster_io import SceneReader  # noqa: E402
 from ringmoe_jax.predict.scene import CLASS_NODATA, predict_scene  # noqa: E402
+from ringmoe_jax.sensors.registry import default_registry  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = {"moe.eval_capacity_factor": 16.0}
@@ -122,6 +126,18 @@ def test_grid_covers_scene_and_last_window_shifts_in():
   assert w.min() > 0 and w[8:24, 8:24].min() == 1 and w[0, 0] < 0.01
 
 
+def test_progress_without_tqdm_prints_rate_and_eta(monkeypatch, capsys):
+  from ringmoe_jax.predict.scene import Progress  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(sys.modules, "tqdm", None)          # import tqdm -> ImportError
+  bar = Progress(10, every=0.0)
+  bar.update(4)
+  bar.update(6)
+  bar.close()
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 2 and lines[-1].startswith("predict: 10/10 tiles, ")
+  assert "tiles/s, ETA 0 s" in lines[-1]
+
+
 class PointwisePredictor:
   """A stand-in whose output at a pixel depends only on that pixel (softmax of its bands): any
   correct blend of overlapping windows reproduces it exactly, so every misplaced, missed or
@@ -151,7 +167,6 @@ class PointwisePredictor:
 
 
 def test_blend_of_pointwise_windows_is_exact_tall_scene_and_constant(tmp_path):
-  from ringmoe_jax.sensors.registry import default_registry  # pylint: disable=import-outside-toplevel
   sensor = default_registry().get("gaofen2_pms")
   rng = np.random.default_rng(1)
   data = rng.uniform(20, 250, (3, 230, 45)).astype(np.float32)   # tall, narrow: many rows
@@ -178,14 +193,13 @@ def test_blend_of_pointwise_windows_is_exact_tall_scene_and_constant(tmp_path):
 
 
 def _brute_nms(boxes, scores, classes, thr):
-  from ringmoe_jax.ops import boxes as box_ops  # pylint: disable=import-outside-toplevel
   order = np.lexsort((np.arange(len(boxes)), -scores))
   kept = []
   for i in order:
     if boxes.shape[1] == 5:
       ious = [box_ops.rotated_iou_np(boxes[i][None], boxes[j][None])[0, 0] for j in kept]
     else:
-      ious = [vector._hbox_iou_one(boxes[i], boxes[j][None])[0] for j in kept]  # pylint: disable=protected-access
+      ious = [vector.hbox_iou_one(boxes[i], boxes[j][None])[0] for j in kept]
     if not any(iou > thr and classes[i] == classes[j] for iou, j in zip(ious, kept)):
       kept.append(i)
   return np.asarray(kept)
@@ -232,7 +246,6 @@ class BoxPredictor:
 
 
 def test_detection_boxes_merge_across_windows_into_wgs84_geojson(tmp_path):
-  from ringmoe_jax.sensors.registry import default_registry  # pylint: disable=import-outside-toplevel
   rows, cols = np.mgrid[0:H, 0:W].astype(np.float32)
   data = np.stack([cols + 1, rows + 1, np.full_like(rows, 50)])
   data[:, 60:66, 110:130] = 0                       # nodata, away from window corners
@@ -356,6 +369,12 @@ def test_bad_inputs_give_their_message_and_leave_nothing(predictor, tmp_path):
                     progress=False)
     assert message in str(e.value) and path in str(e.value), (name, str(e.value))
     assert os.listdir(outdir) == [], (name, os.listdir(outdir))
+  # A sensor with a storage dtype (Sentinel-2 DN, uint16) refuses a float file.
+  s2 = default_registry().get("sentinel2_l2a")
+  path = write_scene(inputs / "s2.tif", np.ones((12, 20, 20), np.float32))
+  with pytest.raises(ReaderError, match="stores float32 but sensor 'sentinel2_l2a' products "
+                                        "store uint16"):
+    SceneReader(path, s2)
 
 
 def test_cli_bad_input_one_error_line_exit_2(predictor, tmp_path):
@@ -402,8 +421,7 @@ def test_detection_run_writes_merged_wgs84_boxes(tmp_path_factory, tmp_path):
     assert f["properties"]["class"] == "building" and 0 < f["properties"]["score"] <= 1
     # The centre back in pixels is not on nodata.
     cx, cy = ring[:-1].mean(0)
-    from rasterio.warp import transform as warp  # pylint: disable=import-outside-toplevel
-    ex, ey = warp("EPSG:4326", "EPSG:32633", [cx], [cy])
+    ex, ey = warp_transform("EPSG:4326", "EPSG:32633", [cx], [cy])
     col, row = ~TRANSFORM * (ex[0], ey[0])
     if 0 <= row < H and 0 <= col < W:
       assert not nodata[int(row), int(col)]
@@ -412,9 +430,25 @@ def test_detection_run_writes_merged_wgs84_boxes(tmp_path_factory, tmp_path):
 
 
 def test_change_detection_two_co_registered_views(tmp_path_factory, tmp_path):
+  """The real change-detection predictor (checkpoint, sensors, the pipeline's two-view
+  examples, sharded batches) with its program swapped for a pointwise one (compiling the
+  Siamese model costs ~17 s here): 'change' where the views' normalised bands differ by more
+  than 1 on average, so the expected map is known at every pixel."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   p = make_predictor(tmp_path_factory.mktemp("cd_run"), "change_detection")
-  before, after = _scene(0), _scene(1)
-  after[:, 0:10, 0:15] = 0                    # nodata only in the after image
+  assert [s.name for s in p.sensors] == ["gaofen2_pms", "gaofen2_pms"]
+
+  def pointwise(params, batch):
+    del params
+    d = jnp.mean(jnp.abs(batch["pixels"][:, 0] - batch["pixels"][:, 1]), -1)   # (B, S, S)
+    change = jax.nn.sigmoid(4 * (d - 1.0))
+    return jnp.stack([1 - change, change], 1)                                  # (B, 2, S, S)
+  p._fn = jax.jit(pointwise)  # pylint: disable=protected-access
+  before = _scene(0)
+  after = before.copy()
+  after[:, 30:60, 20:90] = _scene(1)[:, 30:60, 20:90]   # changed here (mostly)
+  after[:, 0:10, 0:15] = 0                              # nodata only in the after image
   a = write_scene(tmp_path / "a.tif", before)
   b = write_scene(tmp_path / "b.tif", after)
   out = str(tmp_path / "cd.tif")
@@ -423,7 +457,11 @@ def test_change_detection_two_co_registered_views(tmp_path_factory, tmp_path):
   nodata = ((before == 0).all(0) | np.isnan(before).any(0) | (after == 0).all(0)
             | np.isnan(after).any(0))
   np.testing.assert_array_equal(got[0] == CLASS_NODATA, nodata)
-  assert set(np.unique(got[0][~nodata])) <= {0, 1} and prof["transform"] == TRANSFORM
+  sensor = p.sensors[0]
+  norm = lambda x: sensor.normalize(np.moveaxis(x, 0, -1))  # noqa: E731
+  expected = np.mean(np.abs(norm(before) - norm(after)), -1) > 1.0
+  np.testing.assert_array_equal(got[0][~nodata], expected[~nodata].astype(np.uint8))
+  assert 0 < expected[~nodata].mean() < 1 and prof["transform"] == TRANSFORM
   shifted = write_scene(tmp_path / "shifted.tif", after,
                         transform=from_origin(500010.0, 5000000.0, 10.0, 10.0))
   with pytest.raises(ReaderError, match="co-registered"):

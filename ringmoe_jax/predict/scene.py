@@ -4,9 +4,10 @@
 
 Flow (memory independent of the scene's size): open and check every input view (`SceneReader`;
 views co-registered), scan them once (damaged files, all nodata, NaN bands fail here, before
-any output exists), then walk the window grid row-major in batches of B: read the windows
-(rasterio, one batch at a time), skip windows without a valid pixel, run the model while the
-next batch is read, add each window's output to the row-strip accumulator (windows.py) and
+any output exists), then walk the window grid row-major in batches of B: cut the windows
+from the rows of the current window row (read with rasterio, one strip held per view), skip
+windows without a valid pixel, run the model while the next batches are read (`IN_FLIGHT`),
+add each window's output to the row-strip accumulator (windows.py) and
 flush finished rows to the output GeoTIFF written aside (raster_io.CogWriter), which becomes
 the COG at `output` in one rename at the end. Any error removes the temporary files.
 
@@ -21,6 +22,7 @@ A pixel is nodata out where any view is nodata there (file nodata tag, sensor no
 """
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
@@ -32,6 +34,9 @@ from ringmoe_jax.errors import UserError
 from ringmoe_jax.predict import raster_io, vector, windows as win
 
 CLASS_NODATA = 255
+# Batches dispatched before the oldest is collected: >= 2 keeps the devices busy while the host
+# prepares the next (JAX dispatch is asynchronous); 3 absorbs jitter in the host work.
+IN_FLIGHT = 3
 RASTER_SUFFIXES = (".tif", ".tiff")
 VECTOR_SUFFIXES = (".geojson", ".json")
 
@@ -70,6 +75,7 @@ class Progress:
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+      self._bar = None
 
 
 def _check_output(task: str, output: str) -> None:
@@ -152,7 +158,7 @@ def predict_scene(predictor, inputs: Sequence, output: str, *,
   task, size = predictor.task.name, predictor.size
   floats = probabilities or task == "height"
   readers = [r for r in inputs if isinstance(r, raster_io.SceneReader)]
-  writer = None
+  writer = bar = None
   with rasterio.Env(GDAL_CACHEMAX=raster_io.GDAL_CACHE_MB):
     try:
       check_args(task, size, output, overlap, probabilities)
@@ -182,27 +188,28 @@ def predict_scene(predictor, inputs: Sequence, output: str, *,
           else:
             found.append(_window_boxes(out[k], valid[k], y0, x0))
 
-      pending = None   # (device result, positions, grid index of its first window)
+      # Batches in flight: (device result, positions, grid index of the first window). The
+      # devices run batch i while the host reads and prepares batch i + 1 and blends i - 1.
+      pending: collections.deque = collections.deque()
       for start, pos, views in _batches(grid, readers, size, predictor.batch_size):
-        nxt = predictor.dispatch(views) if views is not None else None
-        if pending is not None:   # the previous batch, collected while this one runs
-          finish(pending[0], pending[1])
-          bar.update(len(pending[1]))
-          pending = None
-        if nxt is None:
+        if views is None:
           skipped += 1
           bar.update(1)
         else:
-          pending = (nxt, pos, start)
+          pending.append((predictor.dispatch(views), pos, start))
           tiles += len(pos)
+        while len(pending) > IN_FLIGHT - 1:
+          done, done_pos, _ = pending.popleft()
+          finish(done, done_pos)
+          bar.update(len(done_pos))
         if acc is not None:
           # Rows above the first window not yet added are final.
-          first = pending[2] if pending is not None else start + len(pos)
+          first = pending[0][2] if pending else start + len(pos)
           _flush(acc, writer, grid[first][0] if first < len(grid) else ref.height, floats)
-      if pending is not None:
-        finish(pending[0], pending[1])
-        bar.update(len(pending[1]))
-      bar.close()
+      while pending:
+        done, done_pos, _ = pending.popleft()
+        finish(done, done_pos)
+        bar.update(len(done_pos))
       result = {"output": output, "tiles": tiles, "skipped": skipped}
       if acc is not None:
         _flush(acc, writer, ref.height, floats)
@@ -217,6 +224,8 @@ def predict_scene(predictor, inputs: Sequence, output: str, *,
         writer.abort()
       raise
     finally:
+      if bar is not None:
+        bar.close()
       for r in readers:
         r.close()
 

@@ -27,13 +27,16 @@ import numpy as np
 from ringmoe_jax.ops import boxes as box_ops
 
 
-def _hbox_iou_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """IoU of one xyxy box a (4,) with boxes b (M, 4) -> (M,)."""
+def _area(b: np.ndarray) -> np.ndarray:
+  return np.maximum(b[..., 2] - b[..., 0], 0) * np.maximum(b[..., 3] - b[..., 1], 0)
+
+
+def hbox_iou_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """IoU of one xyxy box a (4,) with boxes b (M, 4) -> (M,); 0 where the union is 0."""
   iw = np.maximum(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0)
   ih = np.maximum(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0)
   inter = iw * ih
-  area = lambda x: np.maximum(x[..., 2] - x[..., 0], 0) * np.maximum(x[..., 3] - x[..., 1], 0)  # noqa: E731
-  union = area(a) + area(b) - inter
+  union = _area(a) + _area(b) - inter
   return np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
 
 
@@ -69,7 +72,7 @@ def merge_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
       if rotated:
         iou = box_ops.rotated_iou_np(boxes[i][None], others)[0]
       else:
-        iou = _hbox_iou_one(boxes[i], others)
+        iou = hbox_iou_one(boxes[i], others)
       if np.any(iou > iou_threshold):
         continue
     kept.append(int(i))
