@@ -27,21 +27,6 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "The detection run's config file.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "The detection fine-tuning run's workdir.")
-flags.DEFINE_string("output", None, "Output folder (MOT txt per sequence, track.json).")
-flags.DEFINE_string("mot_root", None, "A MOT Challenge sequence folder (img1/, gt/gt.txt).")
-flags.DEFINE_integer("sequences", 8, "Simulated sequences (held-out scenes with ships).")
-flags.DEFINE_integer("frames", 16, "Frames per simulated sequence.")
-flags.DEFINE_bool("perfect_detections", False, "Track the ground-truth boxes (score 1).")
-flags.DEFINE_float("high_score", 0.5, "ByteTrack first-association score.")
-flags.DEFINE_float("low_score", 0.1, "ByteTrack second-association floor.")
-flags.DEFINE_float("new_track_score", 0.6, "Score that starts a track.")
-flags.DEFINE_integer("max_lost", 30, "Frames a lost track survives.")
-flags.DEFINE_string("association", "iou", "iou | center (centre distance, tiny targets).")
-flags.mark_flags_as_required(["config", "output"])
-
 
 def simulated_sequences(config, registry, num: int, frames: int) -> list[dict[str, Any]]:
   """[{"name", "frames": [(H, W, C) physical pixels], "sensor", "gt": [(ids (N,), boxes (N, 5)
@@ -234,6 +219,26 @@ def main(argv):
     print(f"{k}={result[k]:.6g}", flush=True)
 
 
+def define_flags() -> None:
+  """The CLI's flags, defined only when it runs (importing `track` must not collide with the
+  flags of other entry points, e.g. evaluate's --config, in one process)."""
+  config_flags.DEFINE_config_file("config", None, "The detection run's config file.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "The detection fine-tuning run's workdir.")
+  flags.DEFINE_string("output", None, "Output folder (MOT txt per sequence, track.json).")
+  flags.DEFINE_string("mot_root", None, "A MOT Challenge sequence folder (img1/, gt/gt.txt).")
+  flags.DEFINE_integer("sequences", 8, "Simulated sequences (held-out scenes with ships).")
+  flags.DEFINE_integer("frames", 16, "Frames per simulated sequence.")
+  flags.DEFINE_bool("perfect_detections", False, "Track the ground-truth boxes (score 1).")
+  flags.DEFINE_float("high_score", 0.5, "ByteTrack first-association score.")
+  flags.DEFINE_float("low_score", 0.1, "ByteTrack second-association floor.")
+  flags.DEFINE_float("new_track_score", 0.6, "Score that starts a track.")
+  flags.DEFINE_integer("max_lost", 30, "Frames a lost track survives.")
+  flags.DEFINE_string("association", "iou", "iou | center (centre distance, tiny targets).")
+  flags.mark_flags_as_required(["config", "output"])
+
+
 if __name__ == "__main__":
   from ringmoe_jax.errors import parse_absl_flags  # pylint: disable=import-outside-toplevel
+  define_flags()
   app.run(main, flags_parser=parse_absl_flags)
