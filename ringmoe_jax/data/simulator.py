@@ -7,10 +7,6 @@ any sensor:
   * buildings: rotated rectangles on land, each with a height (6-60 m);
   * ships: rotated rectangles on water, each with a velocity (pixels per frame);
   * a height map: building heights, tree canopy 2-15 m over vegetation, 0 elsewhere;
-  * cast shadows of the buildings (sun from the south-east, as at a morning sun-synchronous
-    pass: shadows fall toward the upper left, SHADOW_PX_PER_M pixels per metre of height),
-    darkening the ground in optical / MS images: the cue height estimation from one optical
-    image relies on (the class map and labels are unchanged; SAR is not shadowed here);
   * a second epoch: some buildings demolished (-> bare soil) and new ones built (change mask).
 The same scene is then rendered for any registered sensor:
   * optical / MS: per-class reflectance spectra averaged over each band's own spectral window,
@@ -102,13 +98,6 @@ class Scene:
   ships: np.ndarray  # (Ns, 7): cy, cx, h, w, angle, vy, vx (pixels / frame)
 
 
-# Shadow geometry (fixed for every scene, so rendering consumes no random draws): direction in
-# (y, x) toward the upper left, length per metre of height, ground darkening factor.
-SHADOW_DIR = (-np.sqrt(0.5), -np.sqrt(0.5))
-SHADOW_PX_PER_M = 0.15
-SHADOW_GAIN = 0.35
-
-
 def _rotated_rect_mask(yy, xx, cy, cx, h, w, angle) -> np.ndarray:
   c, s = np.cos(angle), np.sin(angle)
   dy, dx = yy - cy, xx - cx
@@ -181,7 +170,7 @@ def scene_state(scene: Scene, epoch: int = 0, frame: int = 0) -> dict[str, np.nd
   Returns:
     {"class_map" (H, W) int32, "instance_map" (H, W) int32 (buildings 1.., ships 1001..),
      "height" (H, W) float32 m, "rboxes" (N, 5), "boxes" (N, 4), "box_class" (N,) int32,
-     "ids" (N,) int32 instance ids, "shadow" (H, W) bool cast building shadows}.
+     "ids" (N,) int32 instance ids}.
   """
   cls = scene.background.copy()
   h, w = cls.shape
@@ -189,18 +178,12 @@ def scene_state(scene: Scene, epoch: int = 0, frame: int = 0) -> dict[str, np.nd
   inst = np.zeros((h, w), np.int32)
   rboxes, box_class, ids = [], [], []
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
-  shadow = np.zeros((h, w), bool)
   for j, (cy, cx, bh, bw, a, bheight) in enumerate(scene.buildings):
     if not scene.built[j, epoch]:
       continue
     m = _rotated_rect_mask(yy, xx, cy, cx, bh, bw, a) & (scene.background != WATER)
     if not m.any():
       continue
-    # The footprint swept along the sun's direction for the building's shadow length.
-    length = SHADOW_PX_PER_M * bheight
-    for t in np.arange(0.5, length + 0.5, 0.5):
-      shadow |= _rotated_rect_mask(yy, xx, cy + t * SHADOW_DIR[0], cx + t * SHADOW_DIR[1], bh,
-                                   bw, a)
     cls[m], height[m], inst[m] = BUILDING, bheight, j + 1
     rboxes.append((cy, cx, bh, bw, a))
     box_class.append(BUILDING)
@@ -215,25 +198,19 @@ def scene_state(scene: Scene, epoch: int = 0, frame: int = 0) -> dict[str, np.nd
     box_class.append(SHIP)
     ids.append(1001 + j)
   rb = np.asarray(rboxes, np.float32).reshape(-1, 5)
-  shadow &= cls != BUILDING  # roofs are lit; a shadow falls on the ground (and water, roads)
   return {"class_map": cls, "instance_map": inst, "height": height.astype(np.float32),
-          "shadow": shadow,
           "rboxes": rb, "boxes": _rbox_to_box(rb), "box_class": np.asarray(box_class, np.int32),
           "ids": np.asarray(ids, np.int32)}
 
 
-def render_optical(rng: np.random.Generator, cls: np.ndarray, refl: np.ndarray,
-                   shadow: np.ndarray | None = None) -> np.ndarray:
-  """(H, W) classes, (K, C) band reflectance, (H, W) shadow mask -> (H, W, C) float32
-  reflectance (shadowed pixels get SHADOW_GAIN of the direct light)."""
+def render_optical(rng: np.random.Generator, cls: np.ndarray, refl: np.ndarray) -> np.ndarray:
+  """(H, W) classes, (K, C) band reflectance -> (H, W, C) float32 reflectance."""
   h, w = cls.shape
   class_gain = 1 + 0.1 * rng.standard_normal(len(CLASSES))
   tile_gain = rng.uniform(0.9, 1.1)
   brightness = (1 + 0.08 * synthetic._smooth_field(rng, h, w, 8)  # pylint: disable=protected-access
                 + 0.03 * rng.standard_normal((h, w)))
   pixels = (refl * (class_gain[:, None] * tile_gain))[cls] * brightness[..., None]
-  if shadow is not None:
-    pixels = pixels * np.where(shadow, SHADOW_GAIN, 1.0)[..., None]
   pixels += 0.003 * rng.standard_normal(pixels.shape)
   return np.clip(pixels, 1e-4, 1.0).astype(np.float32)
 
@@ -370,7 +347,7 @@ class SceneSimulator:
            "label_boxes": state["boxes"], "label_rboxes": state["rboxes"],
            "label_box_class": state["box_class"], "label_height": state["height"]}
     if s.modality in OPTICAL_MODALITIES:
-      out["pixels"] = render_optical(rng, cls, self._refl[s.name], state["shadow"])
+      out["pixels"] = render_optical(rng, cls, self._refl[s.name])
     else:
       out["pixels"], clean = render_sar(rng, cls, s, self._texture)
       if clean is not None:
