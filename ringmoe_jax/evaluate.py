@@ -32,7 +32,7 @@ def evaluate(config, workdir: str, step: int | None = None,
   from ringmoe_jax.parallel.sharding import rules_for  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.tasks import get_task  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train import init_from  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.checkpoint import open_run  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.evaluation import evaluate_state, write_eval_json  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.trainer import build_registry, programs  # pylint: disable=import-outside-toplevel
 
@@ -41,15 +41,7 @@ def evaluate(config, workdir: str, step: int | None = None,
   if task.name == "pretrain":
     raise UserError("evaluate takes a fine-tuning config (configs/finetune_*.py); pre-trained "
                     "encoders are evaluated with python -m ringmoe_jax.tools.linear_probe")
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise UserError(f"--workdir={workdir}: no checkpoints/ folder (expected a fine-tuning run)")
-  ckpt = Checkpointer(directory, max_to_keep=1, async_save=False)
-  step = ckpt.latest_step() if step is None else int(step)
-  if step is None or step not in ckpt.manager.all_steps():
-    raise UserError(f"--workdir={workdir}: no finished checkpoint"
-                    + ("" if step is None else f" at step {step}"))
-  meta = ckpt.read_meta(step)
+  ckpt, step, meta = open_run(workdir, step=step, expected="a fine-tuning run")
   if meta.get("task", task.name) != task.name:
     raise UserError(f"--workdir={workdir} is a {meta.get('task')!r} run but the config's task "
                     f"is {task.name!r}")

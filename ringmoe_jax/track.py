@@ -100,7 +100,7 @@ class FrameDetector:
     from ringmoe_jax.parallel.sharding import rules_for
     from ringmoe_jax.tasks import get_task
     from ringmoe_jax.train import init_from
-    from ringmoe_jax.train.checkpoint import Checkpointer
+    from ringmoe_jax.train.checkpoint import open_run
     from ringmoe_jax.train.evaluation import _predict_fn, eval_batch_size
     from ringmoe_jax.train.trainer import build_registry, programs
     from ringmoe_jax.errors import UserError
@@ -108,11 +108,8 @@ class FrameDetector:
     if task.name != "detection":
       raise UserError(f"track takes a detection config (configs/finetune_detection.py), got "
                       f"task {task.name!r}")
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
-    step = ckpt.latest_step()
-    if step is None:
-      raise UserError(f"--workdir={workdir}: no finished checkpoint of a detection run")
-    self.registry = build_registry(config, saved=init_from.saved_registry(ckpt.read_meta(step)))
+    ckpt, step, meta = open_run(workdir, expected="a detection run")
+    self.registry = build_registry(config, saved=init_from.saved_registry(meta))
     task = get_task(config, self.registry)
     self.mesh = make_mesh(config.mesh)
     setup, _ = programs(config, task, self.mesh, rules_for(config))

@@ -138,7 +138,7 @@ def test_sigterm_saves_and_a_rerun_resumes(tmp_path):
   out = "".join(lines)
   assert "stopped by signal 15 at step" in out, out[-2000:]
   # The console: no library INFO logging (absl's 'I1207 12:00:00...' lines) by default.
-  assert not [l for l in lines if re.match(r"I\d{4} ", l)], lines[:5]
+  assert not [l for l in lines if re.match(r"[IW]\d{4} ", l)], lines[:5]
   assert "checkpoints: " in out
   stopped = int(out.split("stopped by signal 15 at step ")[1].split(";")[0])
   assert 3 <= stopped < 400

@@ -41,25 +41,15 @@ def read_run(config, workdir: str, step: int | None = None):
   from ringmoe_jax.config.validate import validate
   from ringmoe_jax.tasks import get_task
   from ringmoe_jax.train import init_from
-  from ringmoe_jax.train.checkpoint import Checkpointer
+  from ringmoe_jax.train.checkpoint import open_run
   from ringmoe_jax.train.trainer import build_registry
   validate(config)
   task = get_task(config)
   if task.name not in TASKS:
     raise UserError(f"predict takes a {', '.join(TASKS)} config (configs/finetune_*.py), got "
                     f"task {task.name!r}")
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise UserError(f"--workdir={workdir}: no checkpoints/ folder (expected a fine-tuning run)")
-  ckpt = Checkpointer(directory, max_to_keep=1, async_save=False)
-  try:
-    step = ckpt.latest_step() if step is None else int(step)
-    if step is None or step not in ckpt.manager.all_steps():
-      raise UserError(f"--workdir={workdir}: no finished checkpoint"
-                      + ("" if step is None else f" at step {step}"))
-    meta = ckpt.read_meta(step)
-  finally:
-    ckpt.close()
+  ckpt, step, meta = open_run(workdir, step=step, expected="a fine-tuning run")
+  ckpt.close()
   if meta.get("task", task.name) != task.name:
     raise UserError(f"--workdir={workdir} is a {meta.get('task')!r} run but the config's task "
                     f"is {task.name!r}")

@@ -40,7 +40,7 @@ from ringmoe_jax.objectives import objective as objective_lib
 from ringmoe_jax.objectives import sensor_tables
 from ringmoe_jax.objectives import speckle
 from ringmoe_jax.sensors.modalities import MODALITIES
-from ringmoe_jax.train.checkpoint import Checkpointer
+from ringmoe_jax.train.checkpoint import Checkpointer, open_run
 from ringmoe_jax.train.model import input_channels, make_model
 
 # A separate simulator seed: probe tiles are scenes the run never trained on.
@@ -50,11 +50,7 @@ PROBE_SEED = 10_000
 def load_trained_model(config, workdir: str, step: int | None = None, registry=None):
   """The SimMIM model of `config` with the parameters of the run's checkpoint (latest: None),
   its sensor tables from `registry` (None: the run's, `run_registry`)."""
-  import os  # pylint: disable=import-outside-toplevel
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  ckpt, step, _ = open_run(workdir, step=step, expected="a pre-training run")
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   restored = ckpt.manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))

@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from ringmoe_jax.errors import UserError
+
 
 def _no_replica_parallel_on_cpu() -> None:
   """On CPU, save each replicated array from one device instead of a slice per replica.
@@ -22,8 +24,15 @@ def _no_replica_parallel_on_cpu() -> None:
   fresh process for the micro model on 8 fake devices.
   """
   if jax.default_backend() == "cpu":
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    # Orbax logs a WARNING for every override; this one is deliberate, so a user is not told.
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+      logging.set_verbosity(level)
 
 
 class Checkpointer:
@@ -74,3 +83,23 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def open_run(workdir: str, *, flag: str = "--workdir", step: int | None = None,
+             expected: str = "a training run") -> tuple[Checkpointer, int, dict[str, Any]]:
+  """A run's finished checkpoint `step` (None: the latest) -> (Checkpointer, step, meta).
+
+  Every command that reads another run's workdir (fine-tuning's init_checkpoint, evaluate,
+  predict, track, prune, the linear probe) opens it here, so that a missing folder or an
+  unfinished checkpoint gives the same `flag=workdir: ...` message. Close the Checkpointer."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"{flag}={workdir}: no checkpoints/ folder there (expected the --workdir of "
+                    f"{expected})")
+  ckpt = Checkpointer(directory, max_to_keep=1, async_save=False)
+  found = ckpt.latest_step() if step is None else int(step)
+  if found is None or found not in ckpt.manager.all_steps():
+    ckpt.close()
+    raise UserError(f"{flag}={workdir}: no finished checkpoint in {directory}"
+                    + ("" if step is None else f" at step {step}"))
+  return ckpt, int(found), ckpt.read_meta(found)

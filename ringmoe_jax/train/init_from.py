@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 
 from ringmoe_jax.errors import UserError
 from ringmoe_jax.sensors.registry import SensorRegistry
-from ringmoe_jax.train.checkpoint import Checkpointer
+from ringmoe_jax.train.checkpoint import open_run
 
 # Encoder parameters that fine-tuning may add (not in a pre-training checkpoint).
 NEW_IN_FINETUNING = ("adapter",)
@@ -63,15 +63,8 @@ class PretrainedRun:
 
   def __init__(self, workdir: str):
     self.workdir = os.path.abspath(workdir)
-    directory = os.path.join(self.workdir, "checkpoints")
-    if not os.path.isdir(directory):
-      raise UserError(f"init_checkpoint={workdir}: no checkpoints/ folder there (expected the "
-                      "--workdir of a pre-training run)")
-    self._ckpt = Checkpointer(directory, max_to_keep=1, async_save=False)
-    self.step = self._ckpt.latest_step()
-    if self.step is None:
-      raise UserError(f"init_checkpoint={workdir}: no finished checkpoint in {directory}")
-    self.meta = self._ckpt.read_meta(self.step)
+    self._ckpt, self.step, self.meta = open_run(workdir, flag="init_checkpoint",
+                                                expected="a pre-training run")
 
   def describe(self) -> str:
     return f"{self.workdir} step {self.step}"
