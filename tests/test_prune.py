@@ -18,6 +18,7 @@ from helpers import micro_config, micro_finetune_config
 from ringmoe_jax.errors import UserError
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
 from ringmoe_jax.prune import merge as merge_lib
+from ringmoe_jax.prune import plan as plan_lib
 from ringmoe_jax.prune import run, transforms
 from ringmoe_jax.prune.__main__ import main as prune_main
 from ringmoe_jax.prune.plan import BlockPlan, compute_plan, parse_plan, pruned_config
@@ -98,7 +99,7 @@ def test_plan_parsing_and_bad_input_messages(tmp_path):
     with pytest.raises(UserError, match=msg):
       parse_plan(text)
   c = micro_config()
-  with pytest.raises(UserError, match="no routing counts"):
+  with pytest.raises(UserError, match="no routing counts.*--calibration=simulator"):
     compute_plan(c, "frequency=0.5", None, sizes=False)
   zeros = {"collab": np.zeros((5, 4)), "special": np.zeros((5, 16))}
   with pytest.raises(UserError, match="no routing counts"):
@@ -109,6 +110,11 @@ def test_plan_parsing_and_bad_input_messages(tmp_path):
   (tmp_path / "out").mkdir()
   with pytest.raises(UserError, match="exists; pass --overwrite"):
     run.check_output(str(tmp_path / "out"), overwrite=False)
+  for flags, msg in [(["--calibration=dataset"], "expected one of simulator"),
+                     (["--calibration=simulator", "--calibration_batches=0"], ">= 1")]:
+    with pytest.raises(UserError, match=msg):  # refused before any checkpoint is read
+      prune_main(["--checkpoint=/nonexistent", "--plan=frequency=0.5",
+                  f"--output={tmp_path / 'x'}", *flags])
 
 
 def test_output_appears_atomically(tmp_path):
@@ -296,6 +302,17 @@ def test_modality_submodel_features_equal_full_model(source):
     assert np.isnan(f[3]).all() and np.isfinite(f[:3]).all()
   with pytest.raises(UserError, match="tiles of modality ms: this model has only opt"):
     sub_model.encoder(pixels, mixed, train=False)
+  # Its pre-training objective has terms for its own modality only (the dropped ones' channels
+  # exceed its prediction's): continued pre-training of a sub-model (benchmarks/prune.py).
+  from ringmoe_jax.objectives.objective import Objective  # pylint: disable=import-outside-toplevel
+  obj = Objective.from_config(sub_config, sub_model)
+  ko = sub_model.out_channels[0]
+  batch = {"pixels": pixels, "raw": np.abs(pixels), "valid": np.ones((4, 32, 32), np.float32),
+           "modality": opt, "sensor": np.zeros(4, np.int32)}
+  terms = jax.jit(lambda pred, batch: obj.terms(
+      pred, None, {"balance_loss": jnp.zeros(()), "routing": {}}, batch,
+      np.ones((4, 8, 8), bool), jnp.zeros(()))[0])(np.zeros((4, 32, 32, ko), np.float32), batch)
+  assert np.isfinite(terms) and terms > 0
   ms_config = pruned_config(config, plan.config_overrides)
   ms_config.data.sensors = ("gaofen2_pms", "gaofen1_wfv")
   with pytest.raises(UserError, match="'gaofen1_wfv' is ms but this model has only opt"):
@@ -328,6 +345,11 @@ def test_cli_end_to_end_output_fine_tunes(source, tmp_path, capsys):
     assert len(bp.merge["members"]) == 15 and sum(bp.merge["ranks"]) == bp.hidden
   sizes = inspect_tool.main([f"--config={out}/config.json"])
   assert sizes["total_params"] == plan.sizes[-1]["total_params"]
+  # configs/pruned.py:DIR: the --config of evaluate / the linear probe / main for the output.
+  pruned_py = os.path.join(REPO, "configs", "pruned.py")
+  assert inspect_tool.main([f"--config={pruned_py}:{out}"]) == sizes
+  with pytest.raises(UserError, match="no .*config.json"):
+    inspect_tool.main([f"--config={pruned_py}:{tmp_path}"])
   meta = run.Source(out)
   try:
     assert meta.meta["pruned"]["plan"] == text and meta.meta["sensors"]
@@ -352,3 +374,42 @@ def test_cli_end_to_end_output_fine_tunes(source, tmp_path, capsys):
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and "(0, 1]" in lines[0], lines
+
+
+def test_calibration_counts_routing_like_training_and_feed_frequency(source, tmp_path, capsys):
+  """--calibration=simulator: eval-mode routing of unseen simulator tiles, counted per block and
+  router in meta['routing_counts']' layout: every token top_k times per router."""
+  from ringmoe_jax.prune import calibrate  # pylint: disable=import-outside-toplevel
+  src = run.Source(source)
+  try:
+    config, registry, task = src.config, src.registry, src.task()
+    params = src.restore_params()
+  finally:
+    src.close()
+  batches = calibrate.simulator_batches(config, registry, 1)
+  counts = calibrate.routing_counts(calibrate.bind(config, task, params), batches)
+  mods = batches[0]["modality"]
+  assert set(mods) == {0, 1, 2, 3} and len(mods) == 32
+  grid = config.model.img_size // config.model.patch_size
+  tokens = np.array([grid ** 2 // 4 ** stage for stage, _ in plan_lib.block_layout(config)])
+  k = config.moe.top_k
+  assert counts["collab"].shape == (5, 4) and counts["special"].shape == (5, 16)
+  np.testing.assert_array_equal(counts["collab"].sum(1), 32 * tokens * k)
+  for m in range(4):  # each modality's tokens go to its own four special experts only
+    np.testing.assert_array_equal(counts["special"][:, 4 * m:4 * m + 4].sum(1),
+                                  np.sum(mods == m) * tokens * k)
+  # The CLI: the same pass (32 tiles) replaces the hand-made counts; frequency plans from it.
+  out = str(tmp_path / "calibrated")
+  plan = prune_main([f"--checkpoint={source}", "--plan=frequency=0.5", f"--output={out}",
+                     "--calibration=simulator", "--calibration_batches=1"])
+  assert "calibration=simulator" in capsys.readouterr().out
+  order = np.argsort(-counts["collab"], axis=1, kind="stable")[:, :2]
+  assert [bp.collab for bp in plan.blocks] == [sorted(r.tolist()) for r in order]
+  saved = run.Source(out)
+  try:
+    assert saved.meta["pruned"]["calibration"] == "simulator:1"
+    np.testing.assert_array_equal(np.asarray(saved.counts["collab"]),
+                                  np.take_along_axis(counts["collab"],
+                                                     np.sort(order, axis=1), axis=1))
+  finally:
+    saved.close()

@@ -61,6 +61,9 @@ class Objective:
   balance_weight: float
   z_loss_weight: float
   tables: sensor_tables.SensorTables
+  # Modality ids the model decodes (a modality sub-model of ringmoe_jax.prune); None: all. The
+  # others get no term (their channels may exceed the sub-model's prediction).
+  kept_modalities: tuple[int, ...] | None = None
 
   @classmethod
   def from_config(cls, config, model, registry=None) -> Objective:
@@ -88,7 +91,8 @@ class Objective:
         contrastive_weight=float(con.weight) if con.enabled else 0.0,
         min_temperature=float(con.min_temperature), max_temperature=float(con.max_temperature),
         balance_weight=float(config.moe.balance_weight),
-        z_loss_weight=float(config.moe.router_z_loss_weight), tables=tables)
+        z_loss_weight=float(config.moe.router_z_loss_weight), tables=tables,
+        kept_modalities=tuple(model.encoder.cfg.kept_modalities))
 
   @classmethod
   def legacy(cls, model, *, mask_ratio: float, mask_cell_px: int, balance_weight: float,
@@ -149,6 +153,10 @@ class Objective:
     complex_sum = sam_sum = index_sum = zero
     complex_cnt = sam_cnt = index_cnt = zero
     for m, (kind, c) in enumerate(zip(self.kinds, self.in_channels)):
+      if self.kept_modalities is not None and m not in self.kept_modalities:
+        mod_loss.append(zero)
+        mod_cnt.append(zero)
+        continue
       w_m = pix_mask * (modality == m).astype(jnp.float32)[:, None, None]  # (B, H, W)
       if kind == "log_intensity":
         value, count = self._gamma_nll(pred[..., :c], batch, w_m, c)

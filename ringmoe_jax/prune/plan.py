@@ -11,7 +11,8 @@ Methods, in this order (each at most once), written `--plan=modality=opt,frequen
   modality=<m>[,<m2>]  keep those modalities' specialised routers and experts, patch embeddings
                        and decoders; every collaborative and shared expert stays (EP).
   frequency=<f>        keep, per block, the ceil(f * Ec) most-used collaborative experts (at
-                       least top_k; ties: the lower id) by the saved routing counts; the router
+                       least top_k; ties: the lower id) by the saved routing counts (or
+                       those of a calibration pass, calibrate.py); the router
                        keeps those columns only, so tokens choose among the kept experts.
   merge=<method>       each block's experts (the kept modalities' specialised, the kept
                        collaborative and the shared ones) -> one dense FFN of the normal width
@@ -301,8 +302,8 @@ def compute_plan(config, plan_text: str, counts: dict[str, Any] | None = None, *
         if require_counts:
           raise UserError("frequency: the checkpoint has no routing counts (meta "
                           "['routing_counts'] missing or all zero: a run that never trained "
-                          "its routers); train it for some steps first (a calibration pass "
-                          "is not implemented yet)")
+                          "its routers); pass --calibration=simulator to count the routing "
+                          "of simulator tiles, or train it for some steps first")
       keep = min(ec, max(k, math.ceil(step.value * ec - 1e-9)))
       for bp in blocks:
         row = np.zeros(ec) if collab_c is None else collab_c[bp.block]

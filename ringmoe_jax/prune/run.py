@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ringmoe_jax.errors import UserError
-from ringmoe_jax.prune import transforms
+from ringmoe_jax.prune import calibrate, transforms
 from ringmoe_jax.prune.plan import (PrunePlan, compute_plan, load_config_json, parse_plan,
                                     pruned_config)
 
@@ -145,27 +145,40 @@ def check_output(output: str | None, overwrite: bool) -> str:
 
 
 def prune(checkpoint: str, plan_text: str, output: str, *, overwrite: bool = False,
-          step: int | None = None, log: Callable[[str], None] = print) -> PrunePlan:
-  """The transform end to end (module docstring); returns the plan it applied."""
+          step: int | None = None, calibration: str | None = None,
+          calibration_batches: int = 4, log: Callable[[str], None] = print) -> PrunePlan:
+  """The transform end to end (module docstring); returns the plan it applied.
+
+  calibration: 'simulator' counts the routing of `calibration_batches` batches of simulator
+  tiles (calibrate.py) and plans with those counts instead of the checkpoint's saved ones."""
   from ringmoe_jax.config.validate import validate  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   parse_plan(plan_text)  # bad plans fail before anything is read
+  calibrate.check_calibration(calibration, calibration_batches)
   output = check_output(output, overwrite)
   src = Source(checkpoint, step)
   try:
-    plan = compute_plan(src.config, plan_text, src.counts, registry=src.registry)
+    counts, params = src.counts, None
+    if calibration:
+      params = src.restore_params()
+      counts = calibrate.simulator_counts(src.config, src.registry, src.task(), params,
+                                          calibration_batches)
+      log(f"calibration={calibration}: routing counts of {calibration_batches} batches of "
+          "unseen simulator tiles (eval mode) replace the checkpoint's")
+    plan = compute_plan(src.config, plan_text, counts, registry=src.registry)
     log(plan.describe())
     config = pruned_config(src.config, plan.config_overrides, src.registry)
     validate(config)
-    params = transforms.apply_plan(src.restore_params(), plan)
-    counts = transforms.apply_counts(src.counts, plan)
+    params = transforms.apply_plan(src.restore_params() if params is None else params, plan)
+    counts = transforms.apply_counts(counts, plan)
     state = build_state(config, src.task(config), params, counts, src.step)
     data = src.data_item()
     meta = dict(src.meta)
     meta.update(config=json.loads(config.to_json_best_effort()),
                 routing_counts={k: np.asarray(v).tolist() for k, v in counts.items()},
                 pruned={"plan": plan.plan, "from": f"{src.workdir} step {src.step}",
-                        "config_overrides": plan.config_overrides})
+                        "config_overrides": plan.config_overrides,
+                        "calibration": calibration and f"{calibration}:{calibration_batches}"})
 
     def write(tmp: str) -> None:
       ckpt = Checkpointer(os.path.join(tmp, "checkpoints"), max_to_keep=1, async_save=False)
