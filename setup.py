@@ -32,7 +32,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8", "spyndex>=0.6", "rasterio>=1.3", "scikit-learn>=1.3",
-                 "shapely>=2.0"],
+                 "shapely>=2.0",
+                 # plots and the notebooks (tests/test_notebooks.py runs them with nbclient)
+                 "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
         "geo": ["rasterio>=1.3"],
         "plots": ["matplotlib>=3.8"],
     },
