@@ -38,18 +38,9 @@ class Source:
 
   def __init__(self, workdir: str, step: int | None = None):
     from ringmoe_jax.train import init_from  # pylint: disable=import-outside-toplevel
-    from ringmoe_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+    from ringmoe_jax.train.checkpoint import open_run  # pylint: disable=import-outside-toplevel
     self.workdir = os.path.abspath(workdir)
-    directory = os.path.join(self.workdir, "checkpoints")
-    if not os.path.isdir(directory):
-      raise UserError(f"--checkpoint={workdir}: no checkpoints/ folder there (expected the "
-                      "--workdir of a training run)")
-    self.ckpt = Checkpointer(directory, max_to_keep=1, async_save=False)
-    self.step = self.ckpt.latest_step() if step is None else int(step)
-    if self.step is None or self.step not in self.ckpt.manager.all_steps():
-      raise UserError(f"--checkpoint={workdir}: no finished checkpoint in {directory}"
-                      + ("" if step is None else f" at step {step}"))
-    self.meta = self.ckpt.read_meta(self.step)
+    self.ckpt, self.step, self.meta = open_run(workdir, flag="--checkpoint", step=step)
     if "config" not in self.meta:
       raise UserError(f"--checkpoint={workdir}: the checkpoint meta has no config")
     self.config = load_config_json(self.meta["config"])
