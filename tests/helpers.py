@@ -117,22 +117,3 @@ FINETUNE_MESHES = {"data8": dict(data=8, fsdp=1, expert=1, tensor=1),
                    "fsdp2_expert2_tensor2": dict(data=1, fsdp=2, expert=2, tensor=2)}
 
 
-def in_fresh_process(nodeid: str) -> bool:
-  """True inside a fresh `python -m pytest nodeid` child; in the suite's process, runs that child,
-  asserts it passed and returns False (the test body is then skipped here).
-
-  For the one test that crashed XLA's CPU compiler inside the long-lived suite process (a
-  segfault / abort in compile or executable serialisation, 2026-12-07, in CI and here, only after
-  ~90 earlier tests; it passes alone): a fresh process keeps the check without the crash."""
-  # pylint: disable=import-outside-toplevel
-  import os
-  import subprocess
-  import sys
-  if os.environ.get("RINGMOE_TEST_CHILD") == nodeid:
-    return True
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", nodeid],
-                     cwd=repo, env={**os.environ, "RINGMOE_TEST_CHILD": nodeid},
-                     capture_output=True, text=True, timeout=1500)
-  assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-4000:]
-  return False

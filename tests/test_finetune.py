@@ -8,7 +8,6 @@ import pytest
 from flax import nnx
 
 from helpers import (FINETUNE_MESHES, assert_layouts_match_single_device, finetune_one_step,
-                     in_fresh_process,
                      micro_config, micro_finetune_config)
 from ringmoe_jax.config.load import load_config
 from ringmoe_jax.errors import UserError
@@ -112,9 +111,7 @@ def test_init_checkpoint_shape_mismatch_names_the_parameter_and_field(pretrain_d
     init_from.PretrainedRun(pretrain_dir + "/nothing")
 
 
-def test_finetune_step_on_meshes_equals_single_device(request):
-  if not in_fresh_process(request.node.nodeid):
-    return
+def test_finetune_step_on_meshes_equals_single_device():
   # Fused optical + SAR segmentation (two views through the encoder, view fusion, UperNet);
   # capacity dispatch (micro_finetune_config): the same drops everywhere.
   assert_layouts_match_single_device(

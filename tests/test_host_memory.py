@@ -44,3 +44,26 @@ def test_reuse_freed_memory_stops_page_faults_of_big_buffers():
   assert default > 0.5 * pages, default
   # Reused heap: (almost) nothing left to fault.
   assert reuse < 0.05 * pages, (reuse, out)
+
+
+def test_clearing_jax_caches_returns_compiled_programs_memory_maps():
+  # What tests/conftest.py's _release_compiled_programs relies on: every cached XLA:CPU program
+  # holds memory mappings (past vm.max_map_count the compiler's mmap fails and the process
+  # segfaults), and jax.clear_caches() gives them back.
+  import gc
+
+  import jax
+  import jax.numpy as jnp
+
+  from conftest import _memory_maps  # pylint: disable=import-outside-toplevel
+  jax.clear_caches()
+  gc.collect()
+  before = _memory_maps()
+  fns = [jax.jit(lambda x, i=i: jnp.sin(x * i) + i) for i in range(100)]
+  for f in fns:
+    f(jnp.ones((4,))).block_until_ready()
+  grown = _memory_maps()
+  assert grown - before >= 100 * 3, (before, grown)  # measured: ~5 per program
+  jax.clear_caches()
+  gc.collect()
+  assert grown - _memory_maps() >= 100 * 3, (before, grown, _memory_maps())

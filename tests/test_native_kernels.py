@@ -19,6 +19,51 @@ def test_kernels_build_here():
   assert s.available, s.detail
 
 
+def _numpy_openblas():
+  import ctypes
+  import glob
+  path = glob.glob(os.path.dirname(np.__file__) + ".libs/libscipy_openblas64_*.so*")[0]
+  return ctypes.CDLL(path)
+
+
+def test_kernels_leave_numpys_blas_thread_count_alone():
+  # The kernels' sgemm is a private single-threaded OpenBLAS: numpy's pthreads OpenBLAS has one
+  # process-wide thread count (its "_local" setter too), and setting it around every call from
+  # XLA's threads raced with the sgemms in flight and crashed the suite at random places.
+  import threading
+  assert native.status().available
+  ours, theirs = native._LOADED[0], _numpy_openblas()
+  assert ctypes_address(ours.scipy_cblas_sgemm64_) != ctypes_address(theirs.scipy_cblas_sgemm64_)
+  assert ours.scipy_openblas_get_num_threads64_() == 1
+  before = theirs.scipy_openblas_get_num_threads64_()
+  seen, stop = set(), threading.Event()
+
+  def watch():
+    while not stop.is_set():
+      seen.add(theirs.scipy_openblas_get_num_threads64_())
+
+  sizes = jnp.asarray([600, 0, 900, 500], jnp.int32)  # several tasks per call, on the pool
+  x = jnp.ones((2000, 64), jnp.float32)
+  w = jnp.ones((4, 64, 32), jnp.float32)
+  f = jax.jit(lambda x, w: native.grouped_matmul(x, w, sizes))
+  t = threading.Thread(target=watch)
+  t.start()
+  try:
+    for _ in range(30):
+      y = f(x, w).block_until_ready()
+  finally:
+    stop.set()
+    t.join()
+  np.testing.assert_array_equal(np.asarray(y[:2000]), 64.0)
+  assert seen == {before}, (before, seen)
+  assert theirs.scipy_openblas_get_num_threads64_() == before
+
+
+def ctypes_address(fn):
+  import ctypes
+  return ctypes.cast(fn, ctypes.c_void_p).value
+
+
 def _groups(sizes):
   off = np.concatenate([[0], np.cumsum(sizes)])
   return [(e, off[e], off[e + 1]) for e in range(len(sizes))]

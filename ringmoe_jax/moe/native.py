@@ -9,8 +9,9 @@ Build: the C++ file is compiled on first use with the system C++ compiler ($CXX,
 c++ / clang++) against jaxlib's FFI headers into a cache directory ($RINGMOE_JAX_CACHE, else
 $XDG_CACHE_HOME/ringmoe_jax, else ~/.cache/ringmoe_jax), keyed by the source, jaxlib version and
 compiler, and written atomically (concurrent processes are safe). The sgemm is numpy's bundled
-OpenBLAS (64-bit CBLAS, `scipy_cblas_sgemm64_`), run single-threaded per task on XLA's thread
-pool (see the .cc file). Without a compiler or that BLAS, `status()`
+OpenBLAS (64-bit CBLAS, `scipy_cblas_sgemm64_`) from a private copy of the library, set to one
+thread once, run per task on XLA's thread pool (see _private_openblas and the .cc file).
+Without a compiler or that BLAS, `status()`
 says why and dispatch 'auto' keeps the XLA kernel.
 
 Axes: N rows sorted by group, K contracted, M out, E groups.
@@ -60,15 +61,53 @@ def _compiler() -> str | None:
   return None
 
 
-def _openblas() -> tuple[int, int] | None:
-  """Addresses of numpy's bundled 64-bit CBLAS sgemm and openblas_set_num_threads_local."""
+def _private_openblas() -> tuple[int, str] | None:
+  """Address of the 64-bit CBLAS sgemm of a private, single-threaded copy of numpy's OpenBLAS.
+
+  Why a copy: numpy's OpenBLAS is a pthreads build whose thread count is process-wide
+  (openblas_set_num_threads_local included: it sets the global count). The kernel's sgemms run
+  on XLA's pool threads and must be single-threaded, and numpy must keep its own setting, so
+  the library is copied into the cache directory and loaded from there: a file of its own is a
+  second instance (dlopen shares a library only by path or inode), with its own globals, set to
+  one thread once, before any call, and never changed after. Its dependencies (libgfortran)
+  resolve by soname to the copies numpy already loaded.
+  Returns (address, path of the copy), or None if numpy ships no such OpenBLAS.
+  """
   libs = Path(np.__file__).parent.parent / "numpy.libs"
   for path in sorted(glob.glob(str(libs / "libscipy_openblas64_*.so*"))):
-    lib = ctypes.CDLL(path)
-    if hasattr(lib, "scipy_cblas_sgemm64_") and hasattr(lib, "openblas_set_num_threads_local"):
-      return tuple(ctypes.cast(f, ctypes.c_void_p).value
-                   for f in (lib.scipy_cblas_sgemm64_, lib.openblas_set_num_threads_local))
+    src = Path(path)
+    st = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    copy = _cache_dir() / f"openblas_{key[:16]}.so"
+    if not copy.exists():
+      copy.parent.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(suffix=".so", dir=copy.parent)
+      os.close(fd)
+      shutil.copyfile(src, tmp)
+      os.replace(tmp, copy)  # atomic, as _build
+    # OPENBLAS_NUM_THREADS is read when the library initialises: the copy starts no threads.
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+      lib = ctypes.CDLL(str(copy))
+    finally:
+      if saved is None:
+        del os.environ["OPENBLAS_NUM_THREADS"]
+      else:
+        os.environ["OPENBLAS_NUM_THREADS"] = saved
+    wanted = ("scipy_cblas_sgemm64_", "scipy_openblas_set_num_threads64_",
+              "scipy_openblas_get_num_threads64_")
+    if not all(hasattr(lib, f) for f in wanted):
+      continue
+    lib.scipy_openblas_set_num_threads64_(1)
+    if lib.scipy_openblas_get_num_threads64_() != 1:
+      continue
+    _LOADED.append(lib)  # kept alive for the process (the kernel holds its sgemm's address)
+    return ctypes.cast(lib.scipy_cblas_sgemm64_, ctypes.c_void_p).value, str(copy)
   return None
+
+
+_LOADED: list[ctypes.CDLL] = []
 
 
 def _build(cxx: str) -> Path:
@@ -103,19 +142,22 @@ def status() -> NativeStatus:
   cxx = _compiler()
   if cxx is None:
     return NativeStatus(False, "no C++ compiler ($CXX, g++, c++, clang++) on PATH")
-  blas = _openblas()
+  try:
+    blas = _private_openblas()
+  except OSError as e:
+    return NativeStatus(False, f"loading a private copy of numpy's OpenBLAS failed: {e}")
   if blas is None:
     return NativeStatus(False, "numpy's bundled OpenBLAS (scipy_cblas_sgemm64_, "
-                        "openblas_set_num_threads_local) not found")
+                        "scipy_openblas_set_num_threads64_) not found")
   try:
     path = _build(cxx)
     lib = ctypes.CDLL(str(path))
   except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
     return NativeStatus(False, f"building {_SOURCE.name} failed: {e}")
-  lib.ringmoe_set_blas(*(ctypes.c_void_p(f) for f in blas))
+  lib.ringmoe_set_blas(ctypes.c_void_p(blas[0]))
   for target, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-  return NativeStatus(True, f"{path} (sgemm: numpy's OpenBLAS)")
+  return NativeStatus(True, f"{path} (sgemm: {blas[1]}, a single-threaded copy of numpy's OpenBLAS)")
 
 
 def _require():

@@ -6,14 +6,20 @@
 // straight into the output: no per-expert weight copy and no per-expert gradient accumulator,
 // which is what XLA ops (dynamic_slice / dynamic_update_slice in a loop) cost on CPU.
 //
-// The sgemm is the CBLAS one of the OpenBLAS that numpy ships; its address is handed over once
-// by ringmoe_set_blas (native.py resolves it), so this library links against nothing.
+// The sgemm is the CBLAS one of a private copy of the OpenBLAS that numpy ships (native.py
+// loads it and sets it to one thread, once); its address is handed over by ringmoe_set_blas,
+// so this library links against nothing.
 //
 // Threads: the work is cut into independent tasks (an expert's block of output rows), run on
 // XLA's own CPU thread pool (ffi::ThreadPool) with a single-threaded sgemm each. OpenBLAS's
 // own threads would compete with XLA's for the same cores, and they synchronise after every
 // small per-expert call. Each output element is computed by one task in a fixed order, so the
 // result does not depend on the number of threads.
+//
+// Nothing here changes a BLAS thread count: in numpy's (pthreads) OpenBLAS,
+// openblas_set_num_threads_local sets the process-wide count, so setting and restoring it
+// around each call from many threads raced with every sgemm in flight, numpy's included, and
+// corrupted memory (the test suite crashed at random places, see docs/MEASUREMENTS.md).
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -34,9 +40,7 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 using Sgemm = void (*)(int order, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                        float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
                        float beta, float* c, int64_t ldc);
-using SetThreadsLocal = int (*)(int num_threads);
 Sgemm g_sgemm = nullptr;
-SetThreadsLocal g_set_threads_local = nullptr;
 
 // Rows per task of a grouped matmul. Each task packs its expert's whole weight matrix, so
 // fewer, bigger tasks move less memory (4 experts x 4096 rows: one task per expert would pack
@@ -51,12 +55,10 @@ int64_t TaskRows(int64_t total_rows, int64_t threads) {
   return std::max(kMinTaskRows, (total_rows + tasks - 1) / tasks);
 }
 
-// One sgemm on the calling thread (OpenBLAS's thread-local thread count, restored after).
+// One sgemm on the calling thread (the private OpenBLAS runs one thread: the caller).
 void SgemmHere(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float* a,
                int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
-  const int previous = g_set_threads_local(1);
   g_sgemm(kRowMajor, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
-  g_set_threads_local(previous);
 }
 
 // Runs task(i) for i in [0, n) on the pool and the calling thread; returns when all are done.
@@ -107,10 +109,7 @@ int64_t RowsInGroups(ffi::Buffer<ffi::S32>& sizes, int64_t n, const char** why) 
 
 }  // namespace
 
-extern "C" void ringmoe_set_blas(void* sgemm, void* set_threads_local) {
-  g_sgemm = reinterpret_cast<Sgemm>(sgemm);
-  g_set_threads_local = reinterpret_cast<SetThreadsLocal>(set_threads_local);
-}
+extern "C" void ringmoe_set_blas(void* sgemm) { g_sgemm = reinterpret_cast<Sgemm>(sgemm); }
 
 // out (N, M) = x (N, K) @ w[e] (K, M) for the rows of group e; w (E, K, M), or (E, M, K) used
 // transposed when transpose_w. Padding rows of out are zero.
