@@ -31,7 +31,7 @@ setup(
     package_data={"ringmoe_jax.moe": ["native/*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "spyndex>=0.6", "rasterio>=1.3", "scikit-learn>=1.3",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "spyndex>=0.6", "rasterio>=1.3", "scikit-learn>=1.3",
                  "shapely>=2.0",
                  # plots and the notebooks (tests/test_notebooks.py runs them with nbclient)
                  "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],

@@ -125,10 +125,10 @@ def programs(config, task, mesh, rules):
     return _PROGRAMS[key]
   setup = make_builder(config, task, mesh, rules)
   train_step = make_train_step(setup.builder, config, task=task, trainable=setup.trainable)
-  _PROGRAMS[key] = (setup, train_step)
+  _PROGRAMS[key] = found = (setup, train_step)
   while len(_PROGRAMS) > _PROGRAMS_MAX:
     _PROGRAMS.popitem(last=False)
-  return setup, train_step
+  return found
 
 
 def build_registry(config, saved=None):
