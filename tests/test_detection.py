@@ -82,7 +82,9 @@ def test_horizontal_accumulator_scores_its_ground_truth_as_perfect():
 
 def test_detection_step_on_meshes_equals_single_device():
   # Frozen encoder (its sharded backward is the segmentation test's); the head, its targets,
-  # focal and GIoU losses and their gradients run on each mesh.
+  # focal and GIoU losses and their gradients on the mesh that splits every axis but data
+  # (data=8 alone is the segmentation test's).
+  meshes = {k: v for k, v in FINETUNE_MESHES.items() if k == "fsdp2_expert2_tensor2"}
   assert_layouts_match_single_device(
       lambda cfg, devices: finetune_one_step(micro_finetune_config("detection", "mode=frozen"),
-                                             cfg, devices), FINETUNE_MESHES)
+                                             cfg, devices), meshes)
