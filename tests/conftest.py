@@ -43,7 +43,7 @@ def _map_limit() -> int:
 def _release_compiled_programs():
   """Drops JAX's in-memory compiled programs when the process nears its memory-map limit.
 
-  Each XLA:CPU executable holds ~6 memory mappings (its code and data sections) for as long as
+  Each XLA:CPU executable holds ~3-6 memory mappings (its code and data sections) for as long as
   it is cached, and the suite compiles thousands of programs in one process: past Linux's
   vm.max_map_count (65530 by default, on CI too) mmap fails inside XLA's compiler and the
   process dies with SIGSEGV / SIGABRT in whichever test compiles next (measured: 55k maps at 74%
