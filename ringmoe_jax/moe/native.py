@@ -78,13 +78,7 @@ def _private_openblas() -> tuple[int, str] | None:
     src = Path(path)
     st = src.stat()
     key = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-    copy = _cache_dir() / f"openblas_{key[:16]}.so"
-    if not copy.exists():
-      copy.parent.mkdir(parents=True, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(suffix=".so", dir=copy.parent)
-      os.close(fd)
-      shutil.copyfile(src, tmp)
-      os.replace(tmp, copy)  # atomic, as _build
+    copy = _cached_file(f"openblas_{key[:16]}.so", lambda tmp, src=src: shutil.copyfile(src, tmp))
     # OPENBLAS_NUM_THREADS is read when the library initialises: the copy starts no threads.
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
@@ -110,28 +104,41 @@ def _private_openblas() -> tuple[int, str] | None:
 _LOADED: list[ctypes.CDLL] = []
 
 
+def _cached_file(name: str, write) -> Path:
+  """The cache directory's `name`, made once by write(tmp_path) on a temporary file that is then
+  renamed (atomic: another process sees no file or the whole one, never a half-written one)."""
+  out = _cache_dir() / name
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+  os.close(fd)
+  try:
+    write(tmp)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  os.replace(tmp, out)
+  return out
+
+
 def _build(cxx: str) -> Path:
   """Compiles the kernel library once per (source, jaxlib, compiler); returns its path."""
   version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                            check=True).stdout.splitlines()[0]
   key = hashlib.sha256(_SOURCE.read_bytes() + jaxlib.__version__.encode() +
                        version.encode()).hexdigest()[:16]
-  out = _cache_dir() / f"grouped_gemm_{key}.so"
-  if out.exists():
-    return out
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-  os.close(fd)
-  # -isystem: jaxlib's headers are not ours to warn about. The BLAS does the arithmetic, so
-  # -O2 without -march keeps the library portable across hosts sharing a cache.
-  cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir(),
-         str(_SOURCE), "-o", tmp]
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode != 0:
-    os.unlink(tmp)
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-  os.replace(tmp, out)  # atomic: another process sees the old state or the whole library
-  return out
+
+  def compile_to(tmp: str) -> None:
+    # -isystem: jaxlib's headers are not ours to warn about. The BLAS does the arithmetic, so
+    # -O2 without -march keeps the library portable across hosts sharing a cache.
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir(),
+           str(_SOURCE), "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+
+  return _cached_file(f"grouped_gemm_{key}.so", compile_to)
 
 
 @functools.cache
