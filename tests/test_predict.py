@@ -166,6 +166,48 @@ class PointwisePredictor:
     return pending[0]
 
 
+class _FakeReader:
+  """read(y0, x0, size) of a scene whose window (y0, x0) holds y0 * 1000 + x0; nodata where
+  y0 == `nodata_row`; a ReaderError at row `fail_row`."""
+
+  def __init__(self, fail_row=None, nodata_row=None):
+    self.fail_row, self.nodata_row, self.reads = fail_row, nodata_row, 0
+
+  def read(self, y0, x0, size):
+    self.reads += 1
+    if y0 == self.fail_row:
+      raise ReaderError(f"scene.tif: read failed at rows {y0}-{y0 + size}")
+    return (np.full((size, size, 1), y0 * 1000 + x0, np.float32),
+            np.full((size, size), y0 != self.nodata_row))
+
+
+def test_read_ahead_thread_yields_the_batches_in_order_and_raises_its_errors():
+  from ringmoe_jax.predict import scene  # pylint: disable=import-outside-toplevel
+  grid = [(y, x) for y in (0, 8, 16) for x in (0, 8, 16)]
+  want = list(scene._batches(grid, [_FakeReader(nodata_row=8)], 8, 2))  # pylint: disable=protected-access
+  ahead = scene.ReadAhead(grid, [_FakeReader(nodata_row=8)], 8, 2)
+  got = list(ahead)
+  ahead.close()
+  assert [(i, p) for i, p, _ in got] == [(i, p) for i, p, _ in want]
+  assert [v is None for *_, v in got] == [False, False, True, True, True, False, False]
+  for (*_, a), (*_, b) in zip(got, want):
+    if a is not None:
+      np.testing.assert_array_equal(np.asarray([w[0][0] for w in a]),
+                                    np.asarray([w[0][0] for w in b]))
+  with pytest.raises(ReaderError, match="rows 16-24"):
+    ahead = scene.ReadAhead(grid, [_FakeReader(fail_row=16)], 8, 2)
+    try:
+      list(ahead)
+    finally:
+      ahead.close()
+  # A consumer that stops early: close() ends the thread, which reads no further.
+  reader = _FakeReader()
+  ahead = scene.ReadAhead(grid, [reader], 8, 1, depth=1)
+  next(iter(ahead))
+  ahead.close()
+  assert not ahead._thread.is_alive() and reader.reads < len(grid)  # pylint: disable=protected-access
+
+
 def test_blend_of_pointwise_windows_is_exact_tall_scene_and_constant(tmp_path):
   sensor = default_registry().get("gaofen2_pms")
   rng = np.random.default_rng(1)
@@ -331,6 +373,45 @@ def test_window_alone_equals_scene_interior_and_constant_scene(predictor, tmp_pa
   assert (c_scene.min((1, 2)) >= lo - 1e-6).all() and (c_scene.max((1, 2)) <= hi + 1e-6).all()
 
 
+def _pipeline_batch(p, windows):
+  """The batch the task pipeline makes of `windows` one by one (PrepareViews + ToTaskExample,
+  as evaluation feeds a tile), padded to B with all-zero examples."""
+  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.data import task_pipeline
+  from ringmoe_jax.tasks.base import max_channels
+  prepare = task_pipeline.PrepareViews(p.registry, len(p.sensors), int(p.config.model.patch_size))
+  to_example = task_pipeline.ToTaskExample(p.registry, max_channels(p.config, p.registry))
+  exs = [to_example.map(prepare.map({"name": f"w{i}", "views": [
+      {"sensor": s.name, "pixels": px, "valid": v} for s, (px, v) in zip(p.sensors, views)]}))
+         for i, views in enumerate(windows)]
+  exs += [{k: np.zeros_like(v) for k, v in exs[0].items()}] * (p.batch_size - len(exs))
+  return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+
+
+def test_stacked_examples_equal_the_task_pipeline_bit_for_bit(predictor):
+  """predictor.examples normalises the stacked windows at once; the model must see exactly the
+  batch evaluation's pipeline makes of each window (nodata, NaN, sensor nodata, padding)."""
+  rng = np.random.default_rng(3)
+  s = predictor.sensors[0]
+  windows = []
+  for i in range(predictor.batch_size - 1):              # one padding example
+    px = rng.uniform(0, 0.4, (SIZE, SIZE, s.num_channels)).astype(np.float32)
+    valid = rng.uniform(size=(SIZE, SIZE)) > 0.1
+    px[~valid] = 0
+    px[i, :4, 1] = np.nan                                 # NaN in a "valid" pixel
+    if s.nodata is not None:
+      px[i + 1, :3] = s.nodata
+    windows.append([(px, valid)])
+  got, valid = predictor.examples(windows)
+  want = _pipeline_batch(predictor, windows)
+  assert sorted(got) == sorted(want)
+  for k in want:
+    assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  np.testing.assert_array_equal(valid, want["valid"][:len(windows)].min(1) > 0)
+  assert not valid[0, 0, :4].any() and valid.mean() > 0.8
+
+
 def _bad_inputs(d):
   data = _scene()
   cases = {}
@@ -438,6 +519,12 @@ def test_change_detection_two_co_registered_views(tmp_path_factory, tmp_path):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   p = make_predictor(tmp_path_factory.mktemp("cd_run"), "change_detection")
   assert [s.name for s in p.sensors] == ["gaofen2_pms", "gaofen2_pms"]
+  rng = np.random.default_rng(0)
+  two = [[(rng.uniform(0, 0.3, (SIZE, SIZE, p.sensors[0].num_channels)).astype(np.float32),
+           rng.uniform(size=(SIZE, SIZE)) > 0.2) for _ in range(2)] for _ in range(3)]
+  got, _ = p.examples(two)
+  for k, v in _pipeline_batch(p, two).items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
 
   def pointwise(params, batch):
     del params

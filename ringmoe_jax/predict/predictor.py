@@ -11,8 +11,9 @@ list of windows, each [(pixels (S, S, C) physical, valid (S, S)) per view], retu
   detection:  per window (boxes (N, 4) xyxy | (N, 5) le90 in window pixels, scores (N,),
       classes (N,)) of the valid detections of the task's own `predict` (peaks, per-class NMS)
 
-Windows go through the task pipeline's own `PrepareViews` (validation, nodata, normalisation)
-and `ToTaskExample` (channel padding), so a window is what evaluation would feed. Batches are
+A batch is exactly what the task pipeline's `PrepareViews` (validation, nodata,
+normalisation) and `ToTaskExample` (channel padding) make of its windows, i.e. what evaluation
+would feed, computed per view on the stacked windows. Batches are
 padded to B with all-invalid windows (results dropped) and split over the mesh like evaluation
 batches. `dispatch` / `collect` let the caller prepare batch i + 1 while batch i runs.
 
@@ -79,8 +80,8 @@ class WindowPredictor:
     # pylint: disable=import-outside-toplevel
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from ringmoe_jax.data import task_pipeline
     from ringmoe_jax.parallel.mesh import batch_size_per_shard
+    from ringmoe_jax.sensors.modalities import modality_id
     from ringmoe_jax.tasks.base import max_channels
     from ringmoe_jax.train.evaluation import eval_batch_size
     if task.name not in TASKS:
@@ -110,9 +111,12 @@ class WindowPredictor:
       names_cfg = tuple(config.task.get("class_names", ()) or ())
       self.class_names = (names_cfg if len(names_cfg) == self.channels else
                           tuple(str(i) for i in range(self.channels)))
-    self._prepare = task_pipeline.PrepareViews(registry, len(self.sensors),
-                                               int(config.model.patch_size))
-    self._to_example = task_pipeline.ToTaskExample(registry, max_channels(config, registry))
+    self._max_channels = max_channels(config, registry)
+    if any(s.num_channels > self._max_channels for s in self.sensors):
+      s = max(self.sensors, key=lambda s: s.num_channels)
+      raise UserError(f"sensor {s.name!r} has {s.num_channels} channels but the model takes at "
+                      f"most {self._max_channels}")
+    self._modality = [modality_id(s.modality) for s in self.sensors]
     self._fn = jax.jit(self._program(builder), out_shardings=NamedSharding(mesh, P()))
 
   @classmethod
@@ -159,17 +163,41 @@ class WindowPredictor:
 
   def examples(self, windows: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Windows -> (host batch padded to B, valid (n, S, S) of all views)."""
-    exs = []
-    for i, views in enumerate(windows):
-      record = {"name": f"window {i}",
-                "views": [{"sensor": s.name, "pixels": p, "valid": v}
-                          for s, (p, v) in zip(self.sensors, views)]}
-      exs.append(self._to_example.map(self._prepare.map(record)))
-    valid = np.stack([e["valid"].min(0) > 0 for e in exs])
-    pad = {k: np.zeros_like(v) for k, v in exs[0].items()}
-    exs += [pad] * (self.batch_size - len(exs))
-    return {k: np.stack([e[k] for e in exs]) for k in exs[0]}, valid
+    """Windows -> (host batch padded to B, valid (n, S, S) of all views).
+
+    The batch equals what the task pipeline's `PrepareViews` + `ToTaskExample` make of each
+    window (tests/test_predict.py checks it bit for bit), computed on the stacked windows of
+    each view at once: per window, validation and normalisation cost more host time than the
+    model's forward pass saves by running asynchronously.
+    """
+    n, b, size, views = len(windows), self.batch_size, self.size, len(self.sensors)
+    pixels = np.zeros((b, views, size, size, self._max_channels), np.float32)
+    valid = np.zeros((b, views, size, size), np.float32)
+    modality = np.zeros((b, views), np.int32)
+    sensor_ids = np.zeros((b, views), np.int32)
+    for j, sensor in enumerate(self.sensors):
+      p = np.stack([np.asarray(w[j][0]) for w in windows])
+      v = np.stack([np.asarray(w[j][1]) for w in windows])
+      c = sensor.num_channels
+      if p.shape != (n, size, size, c) or v.shape != (n, size, size):
+        raise ValueError(f"view {j} (sensor {sensor.name!r}): windows of pixels (S, S, {c}) "
+                         f"and valid (S, S) with S={size} expected, got {p.shape[1:]} and "
+                         f"{v.shape[1:]}")
+      p = p.astype(np.float32, copy=False)
+      # validate_record's masks: non-finite pixels, and pixels at the sensor's nodata value.
+      ok = v.astype(bool) & np.isfinite(p).all(-1)
+      if sensor.nodata is not None:
+        ok &= ~(p == np.float32(sensor.nodata)).all(-1)
+      with np.errstate(invalid="ignore", over="ignore"):
+        pixels[:n, j, ..., :c] = np.where(ok[..., None], sensor.normalize(p), np.float32(0))
+      valid[:n, j] = ok
+      modality[:n, j] = self._modality[j]
+      sensor_ids[:n, j] = self.registry.index(sensor.name)
+    weight = np.zeros(b, np.float32)
+    weight[:n] = 1
+    batch = {"pixels": pixels, "valid": valid, "modality": modality, "sensor": sensor_ids,
+             "weight": weight}
+    return batch, valid[:n].min(1) > 0
 
   def dispatch(self, windows) -> tuple[Any, int, np.ndarray]:
     """Starts the program on up to B windows; -> (pending result, n, valid (n, S, S))."""
