@@ -3,7 +3,7 @@ vs from scratch (same steps, seed, data), in full / frozen / adapter mode, on si
 
   python benchmarks/downstream.py --root=/tmp/ringmoe_downstream [--tasks=segmentation,height]
       [--modes=full,frozen,adapter] [--steps=100] [--pretrain_steps=300]
-      [--detection_modes=full]
+      [--detection_modes=full] [--detection_steps=300]
 
 Tasks: classification, segmentation, change_detection, height (`--modes`), and
 detection_opt (buildings in optical tiles, COCO mAP@50), detection_sar (ships in SAR amplitude
@@ -40,7 +40,10 @@ flags.DEFINE_list("tasks", ["classification", "segmentation", "change_detection"
                            "detection_opt", "detection_sar", "tracking"], "Tasks to run.")
 flags.DEFINE_list("modes", ["full", "frozen", "adapter"], "Fine-tuning modes.")
 flags.DEFINE_list("detection_modes", ["full"], "Modes of detection_opt / _sar / tracking.")
-flags.DEFINE_integer("steps", 100, "Fine-tuning steps per run.")
+flags.DEFINE_integer("steps", 100, "Fine-tuning steps per run (the issue-12 tasks).")
+flags.DEFINE_integer("detection_steps", 300,
+                     "Fine-tuning steps per detection_opt / _sar / tracking run: the detector "
+                     "reaches mAP@50 0.30 at step 100 of 300 from scratch, 0.76 at 300.")
 flags.DEFINE_integer("pretrain_steps", 300, "Steps of the tiny pre-training.")
 flags.DEFINE_bool("quiet", True, "Hide the runs' own step lines.")
 
@@ -85,9 +88,10 @@ def main(argv):
     config_name, extra, main_metric = DETECTION.get(task_name, (task_name, "", None))
     for mode in (f.detection_modes if task_name in DETECTION else f.modes):
       for init in ("pretrained", "scratch"):
-        c = load_config(f"finetune_{config_name}:mode={mode},steps={f.steps}"
+        steps = f.detection_steps if task_name in DETECTION else f.steps
+        c = load_config(f"finetune_{config_name}:mode={mode},steps={steps}"
                         + (f",{extra}" if extra else ""))
-        c.train.eval_every = f.steps
+        c.train.eval_every = steps
         if init == "pretrained":
           c.init_checkpoint = pre_dir
         workdir = os.path.join(f.root, f"{task_name}_{mode}_{init}")
