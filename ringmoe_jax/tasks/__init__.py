@@ -10,6 +10,7 @@ from ringmoe_jax.tasks.base import Task
 from ringmoe_jax.tasks.change_detection import ChangeDetection
 from ringmoe_jax.tasks.classification import Classification
 from ringmoe_jax.tasks.detection import Detection
+from ringmoe_jax.tasks.distill import Distill, teacher_of
 from ringmoe_jax.tasks.height import Height
 from ringmoe_jax.tasks.pretrain import Pretrain
 from ringmoe_jax.tasks.segmentation import Segmentation
@@ -26,7 +27,9 @@ def get_task(config, registry=None) -> Task:
   built from it. None: the built-ins + data.sensor_files (`sensor_tables.training_registry`)."""
   task = config.get("task", None)
   name = "pretrain" if task is None else str(task.name)
-  if name == "pretrain":
+  if name == "pretrain" and teacher_of(config):
+    out = Distill(config, registry)  # pre-training with a distillation loss (tasks/distill.py)
+  elif name == "pretrain":
     out = Pretrain()
   elif name == "classification":
     out = Classification(multilabel=bool(task.multilabel))

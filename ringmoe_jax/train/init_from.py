@@ -61,10 +61,14 @@ def _norm(v):
 class PretrainedRun:
   """A pre-training (or fine-tuning) workdir whose latest checkpoint gives the encoder."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, flag: str = "init_checkpoint", step: int | None = None,
+               expected: str = "a pre-training run"):
+    """flag / expected: how errors name the setting (distillation's teacher uses this too);
+    step: that checkpoint (None: the latest)."""
     self.workdir = os.path.abspath(workdir)
-    self._ckpt, self.step, self.meta = open_run(workdir, flag="init_checkpoint",
-                                                expected="a pre-training run")
+    self.flag = flag
+    self._ckpt, self.step, self.meta = open_run(workdir, flag=flag, step=step,
+                                                expected=expected)
 
   def describe(self) -> str:
     return f"{self.workdir} step {self.step}"
@@ -73,7 +77,7 @@ class PretrainedRun:
     """Saved encoder leaves that this config's encoder takes; errors on a shape mismatch."""
     saved = _flat(self._ckpt.state_metadata(self.step)["params"].get("encoder", {}))
     if not saved:
-      raise UserError(f"init_checkpoint={self.workdir}: the checkpoint has no params/encoder")
+      raise UserError(f"{self.flag}={self.workdir}: the checkpoint has no params/encoder")
     ours = _flat(abstract_encoder)
     diff = _config_diff(self.meta.get("config", {}), config)
     hint = ("; differing config fields: " + ", ".join(diff)) if diff else ""
@@ -83,16 +87,16 @@ class PretrainedRun:
       if path not in saved:
         if any(n in name for n in NEW_IN_FINETUNING):
           continue
-        raise UserError(f"init_checkpoint={self.workdir}: parameter {name} {tuple(leaf.shape)} "
+        raise UserError(f"{self.flag}={self.workdir}: parameter {name} {tuple(leaf.shape)} "
                         f"is not in the checkpoint{hint}")
       if tuple(saved[path].shape) != tuple(leaf.shape):
-        raise UserError(f"init_checkpoint={self.workdir}: parameter {name} has shape "
+        raise UserError(f"{self.flag}={self.workdir}: parameter {name} has shape "
                         f"{tuple(saved[path].shape)} in the checkpoint but {tuple(leaf.shape)} in "
                         f"this config{hint or '; set the encoder fields (model.*, moe.*) as in the checkpoint config'}")
       taken[path] = leaf
     extra = sorted("/".join(p) for p in saved if p not in ours)
     if extra:
-      raise UserError(f"init_checkpoint={self.workdir}: the checkpoint's encoder has parameters "
+      raise UserError(f"{self.flag}={self.workdir}: the checkpoint's encoder has parameters "
                       f"this config lacks: encoder/{extra[0]} (+{len(extra) - 1} more){hint}")
     return taken
 

@@ -32,7 +32,7 @@ def batch_spec(example: dict[str, Any], batch_size: int) -> dict[str, jax.ShapeD
 
 def make_train_step(builder: StateBuilder, config, *, task=None, trainable=None,
                     jit: bool = True):
-  """Returns step(state, batch) -> (state, metrics), jitted with donated state.
+  """Returns step(state, batch, frozen=None) -> (state, metrics), jitted with donated state.
 
   task: a `tasks.base.Task` (default: the config's task); trainable: pytree of bools over the
   params (None: all train)."""
@@ -41,20 +41,24 @@ def make_train_step(builder: StateBuilder, config, *, task=None, trainable=None,
     task = get_task(config)
   base_key = jax.random.PRNGKey(config.seed)
 
-  def loss_fn(params, batch, key):
+  def loss_fn(params, batch, key, frozen):
     model = builder.merge(params)
-    return task.loss(model, batch, key, config, train=True)
+    if frozen is None:
+      return task.loss(model, batch, key, config, train=True)
+    return task.loss(model, batch, key, config, train=True, frozen=frozen)
 
   def apply(new, old):
     if trainable is None:
       return new
     return jax.tree.map(lambda t, n, o: n if t else o, trainable, new, old)
 
-  def step(state: dict[str, Any], batch: dict[str, jax.Array]):
+  def step(state: dict[str, Any], batch: dict[str, jax.Array], frozen=None):
     # The mask depends only on (seed, step): a resumed run draws the same masks.
     key = jax.random.fold_in(base_key, state["step"])
+    # frozen: the task's inputs that do not train (`task.frozen_inputs`: a distillation
+    # teacher's params), an argument rather than state: not differentiated, not checkpointed.
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, key)
+        state["params"], batch, key, frozen)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = builder.tx.update(grads, state["opt_state"], state["params"])

@@ -250,6 +250,11 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
     print(f"checkpoints: {ckpt.directory} (every {config.train.checkpoint_every} steps and at "
           "the end)", flush=True)
 
+  # Inputs of every step that do not train (a distillation teacher's params): loaded once.
+  frozen = task.frozen_inputs(mesh, rules) if hasattr(task, "frozen_inputs") else None
+  if frozen is not None and primary:
+    print(f"teacher: {task.teacher.describe()} (frozen, not checkpointed)", flush=True)
+
   if latest is not None:
     state, data_state, _ = ckpt.restore(latest, builder.abstract)
     data_iter.set_state(data_state)
@@ -308,7 +313,7 @@ def train(config, workdir: str, *, max_steps_this_run: int | None = None) -> dic
       # Every key of the pipeline's batch, split over the batch axes of the mesh.
       batch = {k: jax.make_array_from_process_local_data(
                    batch_sharding(mesh, np.ndim(v)), np.asarray(v)) for k, v in local.items()}
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, frozen)
       step += 1
       timer.tick(step, state["step"])
       if profiling and (step >= int(profile[1]) or step == stop_at):
