@@ -1,16 +1,19 @@
 r"""Prune a RingMoE checkpoint into a smaller model (issue 14).
 
   python -m ringmoe_jax.prune --checkpoint=WORKDIR --plan=modality=opt,frequency=0.25,merge=svd \
-      --output=DIR [--overwrite] [--step=N] [--calibration=simulator [--calibration_batches=N]]
+      --output=DIR [--overwrite] [--step=N] [--calibration=simulator|DIR|FORMAT:ROOT:SENSOR \
+      [--calibration_batches=N]]
   python -m ringmoe_jax.prune --config=configs/pretrain_14b.py --plan=...   # sizes only
 
 Prints the plan (total / active parameters after each step, one line per block), then writes DIR
 (run.py: Orbax checkpoint, config.json, prune_plan.json; atomic). With --config instead of
 --checkpoint nothing is read or written: the plan of that config's abstract model (frequency
-then takes the first experts for the most used). --calibration=simulator: the routing counts
-of N batches of 32 unseen simulator tiles of the run's sensors, counted in eval mode, replace
-the checkpoint's (calibrate.py; for a checkpoint without counts). Methods: plan.py. Bad input: one
-`error: ...` line, exit 2.
+then takes the first experts for the most used). --calibration: the routing counts of up to N
+batches of 32 tiles, counted in eval mode, replace the checkpoint's (calibrate.py; for a
+checkpoint without counts): `simulator` (unseen simulator tiles of the run's sensors), DIR (an
+ingestion output of `python -m ringmoe_jax.data.ingest`) or FORMAT:ROOT:SENSOR (a dataset of a
+fine-tuning reader, e.g. class_folders:/data/eurosat:sentinel2_l2a). Methods: plan.py. Bad
+input: one `error: ...` line, exit 2.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ def main(argv=None):
   ap.add_argument("--overwrite", action="store_true", help="replace an existing --output")
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ap.add_argument("--calibration", default=None,
-                  help="'simulator': count routing on simulator tiles instead of the saved counts")
+                  help="simulator | DIR (ingestion output) | FORMAT:ROOT:SENSOR (reader "
+                  "dataset): count routing on its tiles instead of using the saved counts")
   ap.add_argument("--calibration_batches", type=int, default=4,
                   help="batches of 32 tiles in the calibration pass")
   args = ap.parse_args(argv)

@@ -8,13 +8,26 @@ and DIR/prune_plan.json. It is written into DIR.tmp-<pid> and renamed to DIR at 
 transform killed half-way leaves no DIR. The optimizer state is fresh (the moments of removed
 or merged experts mean nothing for the new model); the step is the source's.
 
+Block by block: the parameters outside the encoder blocks are restored and transformed first
+(they stay in memory: patch embeddings, merges, norms, decoders / head), then each block is
+restored alone (Orbax partial restore; a scanned pair's stacked leaves one row, i.e. one layer,
+at a time: `_RowReader`), transformed and written into its rows of the output arrays
+(`_StreamWriter`, a TypeHandler of Orbax's save that pulls the blocks in order), so that host
+memory holds about one block plus the output's non-block part, never the whole model. The fresh
+optimizer state is written the same way (its leaves depend on shapes only, checked). Not
+streamed: `--calibration`, which runs the whole model. `build_state` is the one-shot reference
+(tests/test_prune_io.py: the streamed checkpoint equals it bit for bit).
+
 The fine-tuning / evaluation config of the smaller model needs its encoder fields:
 prune_plan.json['config_overrides'] (e.g. moe.num_collab=1), which `init_from`'s shape check
 names when they are missing.
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import math
 import os
 import shutil
 from typing import Any, Callable
@@ -22,7 +35,9 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from ringmoe_jax.errors import UserError
 from ringmoe_jax.prune import calibrate, transforms
@@ -63,6 +78,23 @@ class Source:
         state=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)))
     return restored.state["params"]
 
+  def read(self, leaves: dict[tuple, int | None]) -> dict[tuple, np.ndarray]:
+    """{param path: row or None} -> {param path: saved array, or its row `row` of axis 0}.
+
+    Orbax partial restore of those leaves alone (paths: keys of the source model's pure dict);
+    a row is read through tensorstore without the rest of its array (`_RowReader`)."""
+    item: dict = {}
+    args: dict = {}
+    for path, row in leaves.items():
+      _set(item, ("params",) + path, 0)
+      _set(args, ("params",) + path, _RowArgs(restore_type=_Rows, row=row))
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_READ_REGISTRY)
+    with ocp.Checkpointer(handler) as ckptr:
+      got = ckptr.restore(os.path.join(self.ckpt.directory, str(self.step), "state"),
+                          args=ocp.args.PyTreeRestore(item=item, restore_args=args,
+                                                      partial_restore=True))
+    return {path: _get(got["params"], path) for path in leaves}
+
   def data_item(self):
     """The data-iterator JSON item, as saved."""
     return self.ckpt.manager.restore(self.step, args=ocp.args.Composite(
@@ -70,6 +102,254 @@ class Source:
 
   def close(self) -> None:
     self.ckpt.close()
+
+
+# ------------------------------------------------------------------ Orbax rows in and out
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+  for k in path[:-1]:
+    tree = tree.setdefault(k, {})
+  tree[path[-1]] = value
+
+
+def _get(tree, path: tuple):
+  for k in path:
+    tree = tree[transforms._key(tree, k)]  # pylint: disable=protected-access
+  return tree
+
+
+def _flat(tree, prefix: tuple = ()) -> dict[tuple, Any]:
+  """A nested dict's leaves {path: leaf}."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, prefix + (k,)))
+  return out
+
+
+def _name(path) -> str:
+  """A canonical name of a key path (jax key entries or raw keys; ints and their strings
+  agree, as Orbax stores list indices as strings)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        k = getattr(k, attr)
+        break
+    parts.append(str(k))
+  return "/".join(parts)
+
+
+class _Rows:
+  """The restore_type of a leaf read by `_RowReader`."""
+
+
+@dataclasses.dataclass
+class _RowArgs(ocp.RestoreArgs):
+  row: int | None = None  # a row of axis 0 (one layer of a scanned pair), None: the whole array
+
+
+class _RowReader(ocp.type_handlers.NumpyHandler):
+  """Reads a saved array, or only its row `row` (tensorstore reads just the chunks the row
+  touches: a trainer checkpoint's chunks are its shards)."""
+
+  async def deserialize(self, infos, args=None):
+    async def one(info, arg):
+      await info.await_path_creation()
+      spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=info.is_ocdbt_checkpoint)
+      t = await ts.open(ts.Spec(spec), open=True, context=info.ts_context)
+      return await (t if arg.row is None else t[arg.row]).read()
+    return await asyncio.gather(*(one(i, a) for i, a in zip(infos, args)))
+
+
+class _Lazy:
+  """A leaf of the output state that `_Stream` produces block by block (rows of a scanned
+  pair's stacked array, or a tail block's whole array)."""
+
+  def __init__(self, name: str, shape, dtype, stream: "_Stream"):
+    self.name, self.shape, self.dtype = name, tuple(shape), np.dtype(dtype)
+    self.size, self.ndim, self.stream = math.prod(self.shape), len(self.shape), stream
+
+
+class _StreamWriter(ocp.type_handlers.NumpyHandler):
+  """Orbax's save of every `_Lazy` leaf: opens their arrays (one chunk per row of a stacked
+  leaf, so a row is written without reading the others back), then lets the stream write the
+  blocks one after another. The saved leaves are ordinary 'np.ndarray' ones (typestr)."""
+
+  async def serialize(self, values, infos, args=None):
+    args = args or [ocp.SaveArgs()] * len(values)
+    stores = {}
+    for v, info, arg in zip(values, infos, args):
+      await info.await_path_creation()
+      spec = ocp.type_handlers.get_json_tspec_write(
+          info, use_ocdbt=info.is_ocdbt_checkpoint, global_shape=v.shape, local_shape=v.shape,
+          dtype=v.dtype, arg=arg,
+          process_index=jax.process_index() if info.is_ocdbt_checkpoint else None)
+      if v.name in v.stream.stacked:
+        spec["metadata"]["chunks"] = [1, *v.shape[1:]]
+      stores[v.name] = await ts.open(ts.Spec(spec), create=True, open=True,
+                                     context=info.ts_context)
+    if values:
+      await values[0].stream.write(stores)
+    return []
+
+
+# jax.Array's handler is never used here; without it Orbax warns on every save and restore.
+_ARRAY = (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False))
+_READ_REGISTRY = ocp.type_handlers.create_type_handler_registry((_Rows, _RowReader()), _ARRAY)
+_WRITE_REGISTRY = ocp.type_handlers.create_type_handler_registry(
+    (np.ndarray, ocp.type_handlers.NumpyHandler()), (_Lazy, _StreamWriter()), _ARRAY)
+
+
+class _Stream:
+  """The output state's block leaves, block after block: groups[i]() -> {leaf name: (row or
+  None, array)}; every row of every `_Lazy` leaf must be written exactly once."""
+
+  def __init__(self, groups: list[Callable[[], dict[str, tuple[int | None, np.ndarray]]]],
+               stacked: set[str]):
+    self.groups, self.stacked = groups, stacked
+
+  async def write(self, stores: dict[str, Any]) -> None:
+    written: dict[str, list] = {name: [] for name in stores}
+    for group in self.groups:
+      writes = []
+      for name, (row, arr) in group().items():
+        t = stores[name]
+        want = t.shape[1:] if row is not None else t.shape
+        if tuple(arr.shape) != tuple(want) or arr.dtype != t.dtype.numpy_dtype:  # a bug
+          raise AssertionError(f"{name}: {arr.shape} {arr.dtype}, expected {want} {t.dtype}")
+        writes.append((t if row is None else t[row]).write(arr))
+        written[name].append(row)
+      # A block's writes together (one OCDBT commit for them, not one each), done before the
+      # next block is read.
+      await asyncio.gather(*writes)
+    for name, rows in written.items():  # a bug of the grouping, never the user's
+      full = [None] if name not in self.stacked else list(range(stores[name].shape[0]))
+      if sorted(rows, key=str) != sorted(full, key=str):
+        raise AssertionError(f"{name}: rows {rows} written, expected {full}")
+
+
+def _block_prefix(bp) -> tuple[tuple, int | None]:
+  """(path of a block's subtree in the params, its row of the stacked leaves or None)."""
+  if bp.where[0] == "pairs":
+    return ("encoder", "stages", bp.stage, "pairs", bp.where[2]), int(bp.where[1])
+  return ("encoder", "stages", bp.stage, "tail", bp.where[1]), None
+
+
+def _fresh_opt(builder):
+  """(owner: {state leaf name: param name or None}, fresh(names, row) -> {name: array}): the
+  fresh optimizer state's leaves, computed without the parameters' values. Checked: the
+  optimizer's init reads only their shapes (adamw's zero moments), so any leaf can be built
+  alone inside a program that creates nothing else."""
+  want = builder.abstract["params"]
+  jaxpr = jax.make_jaxpr(builder.tx.init)(want).jaxpr
+  inputs = {id(v) for v in jaxpr.invars}
+  used = [v for e in jaxpr.eqns for v in e.invars] + list(jaxpr.outvars)
+  if any(id(v) in inputs for v in used):
+    raise AssertionError("the optimizer's init reads the parameters' values: the streaming "
+                         "writer would need them all at once")
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  names = jax.tree_util.tree_map_with_path(lambda p, _: _name(p), want)
+  owners = optax.tree_map_params(builder.tx, lambda _, n: n, builder.abstract["opt_state"],
+                                 names, transform_non_params=lambda _: "", is_leaf=masked)
+  owner = {}
+  for (path, leaf), (_, own) in zip(
+      jax.tree_util.tree_leaves_with_path(builder.abstract, is_leaf=masked),
+      jax.tree_util.tree_leaves_with_path(
+          {**builder.abstract, "opt_state": owners, "params": names}, is_leaf=masked)):
+    if not masked(leaf):
+      param_like = path[0].key in ("opt_state", "params") and own
+      owner[_name(path)] = own if param_like else None
+
+  def fresh(wanted: set[str], row: int | None) -> dict[str, np.ndarray]:
+    def build():
+      zeros = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), want)
+      state = builder._init_from(zeros)  # pylint: disable=protected-access
+      return {n: (x if row is None else x[row]) for p, x in
+              jax.tree_util.tree_leaves_with_path(state) if (n := _name(p)) in wanted}
+    return jax.tree.map(np.asarray, jax.jit(build)()) if wanted else {}
+  return owner, fresh
+
+
+def stream_state(src: "Source", config, task, plan: PrunePlan, counts) -> Any:
+  """The output state tree (module docstring): numpy leaves outside the blocks, restored and
+  transformed now; `_Lazy` leaves of the blocks, produced while Orbax saves the tree."""
+  from ringmoe_jax.parallel.sharding import rules_for  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train.setup import abstract_task_model, make_builder  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  builder = make_builder(config, task, _local_mesh(), rules_for(config)).builder
+  owner, fresh = _fresh_opt(builder)
+  source = _flat(nnx.state(abstract_task_model(src.config, src.task()), nnx.Param).to_pure_dict())
+  blocks = [(bp, *_block_prefix(bp)) for bp in plan.blocks]
+  in_block = lambda path, pre: path[:len(pre)] == pre
+  outside = [p for p in source if not any(in_block(p, pre) for _, pre, _ in blocks)]
+  params = transforms.apply_outside_blocks(_nest(src.read(dict.fromkeys(outside))), plan)
+  values = {"params/" + _name(p): np.asarray(v) for p, v in _flat(params).items()}
+  # Per block: the state leaves it owns (its params and their optimizer moments).
+  owned = {pre: {n for n, o in owner.items() if o is not None and o.startswith(_name(pre) + "/")}
+           for _, pre, _ in blocks}
+  lazy = set().union(*owned.values())
+  values.update(fresh({n for n in owner if n not in lazy and n not in values}, None))
+  values["step"] = np.asarray(src.step, np.int32)
+  for k, v in counts.items():
+    values[f"routing_counts/{k}"] = np.asarray(v, np.float32)
+
+  def group(bp, pre, row):
+    def run():
+      names = owned[pre]
+      got = src.read({p: row for p in source if in_block(p, pre)})
+      sub = _nest({p[len(pre):]: v for p, v in got.items()})
+      sub["moe"] = transforms.transform_block(sub["moe"], bp, plan)
+      out = {"params/" + _name(pre + p): (row, np.asarray(v)) for p, v in _flat(sub).items()}
+      out.update({n: (row, v) for n, v in
+                  fresh({n for n in names if n.startswith("opt_state/")}, row).items()})
+      return out
+    return run
+
+  stream = _Stream([group(*b) for b in blocks],
+                   set().union(*(owned[pre] for _, pre, row in blocks if row is not None)))
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+
+  def leaf(path, a):
+    if masked(a):
+      return a
+    n = _name(path)
+    if n in lazy:
+      return _Lazy(n, a.shape, a.dtype, stream)
+    v = values.pop(n)
+    if v.shape != a.shape or v.dtype != a.dtype:  # a bug of the transform, never the user's
+      raise AssertionError(f"pruned {n}: {v.shape} {v.dtype}, expected {a.shape} {a.dtype}")
+    return v
+  tree = jax.tree_util.tree_map_with_path(leaf, builder.abstract, is_leaf=masked)
+  if values:  # a bug of the transform: leaves the pruned model does not have
+    raise AssertionError(f"pruned params not in the pruned config's model: {sorted(values)[:4]}")
+  return tree
+
+
+def _nest(flat: dict[tuple, Any]) -> dict:
+  out: dict = {}
+  for path, v in flat.items():
+    _set(out, path, v)
+  return out
+
+
+def save_streamed(directory: str, step: int, state, data, meta) -> None:
+  """Orbax checkpoint of `state` (numpy and `_Lazy` leaves) in train/checkpoint.Checkpointer's
+  layout (items state / data / meta of step `step`), the lazy leaves streamed."""
+  manager = ocp.CheckpointManager(
+      directory, item_handlers={
+          "state": ocp.PyTreeCheckpointHandler(type_handler_registry=_WRITE_REGISTRY),
+          "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False))
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
 
 
 def _local_mesh():
@@ -140,10 +420,10 @@ def prune(checkpoint: str, plan_text: str, output: str, *, overwrite: bool = Fal
           calibration_batches: int = 4, log: Callable[[str], None] = print) -> PrunePlan:
   """The transform end to end (module docstring); returns the plan it applied.
 
-  calibration: 'simulator' counts the routing of `calibration_batches` batches of simulator
-  tiles (calibrate.py) and plans with those counts instead of the checkpoint's saved ones."""
+  calibration: 'simulator', an ingestion output DIR or FORMAT:ROOT:SENSOR (a reader dataset):
+  the routing of up to `calibration_batches` batches of 32 of its tiles (calibrate.py) replaces
+  the checkpoint's saved counts for the plan."""
   from ringmoe_jax.config.validate import validate  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   parse_plan(plan_text)  # bad plans fail before anything is read
   calibrate.check_calibration(calibration, calibration_batches)
   output = check_output(output, overwrite)
@@ -152,17 +432,19 @@ def prune(checkpoint: str, plan_text: str, output: str, *, overwrite: bool = Fal
     counts, params = src.counts, None
     if calibration:
       params = src.restore_params()
-      counts = calibrate.simulator_counts(src.config, src.registry, src.task(), params,
-                                          calibration_batches)
-      log(f"calibration={calibration}: routing counts of {calibration_batches} batches of "
-          "unseen simulator tiles (eval mode) replace the checkpoint's")
+      counts = calibrate.calibration_counts(calibration, src.config, src.registry, src.task(),
+                                            params, calibration_batches)
+      what = ("unseen simulator tiles" if calibration == "simulator"
+              else f"the tiles of {calibration}")
+      log(f"calibration={calibration}: routing counts of up to {calibration_batches} batches "
+          f"of {what} (eval mode) replace the checkpoint's")
     plan = compute_plan(src.config, plan_text, counts, registry=src.registry)
     log(plan.describe())
     config = pruned_config(src.config, plan.config_overrides, src.registry)
     validate(config)
-    params = transforms.apply_plan(src.restore_params() if params is None else params, plan)
+    del params  # the calibration's: the transform reads block by block
     counts = transforms.apply_counts(counts, plan)
-    state = build_state(config, src.task(config), params, counts, src.step)
+    state = stream_state(src, config, src.task(config), plan, counts)
     data = src.data_item()
     meta = dict(src.meta)
     meta.update(config=json.loads(config.to_json_best_effort()),
@@ -172,9 +454,7 @@ def prune(checkpoint: str, plan_text: str, output: str, *, overwrite: bool = Fal
                         "calibration": calibration and f"{calibration}:{calibration_batches}"})
 
     def write(tmp: str) -> None:
-      ckpt = Checkpointer(os.path.join(tmp, "checkpoints"), max_to_keep=1, async_save=False)
-      ckpt.save(src.step, state, data, meta, force=True)
-      ckpt.close()
+      save_streamed(os.path.join(tmp, "checkpoints"), src.step, state, data, meta)
       with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
       with open(os.path.join(tmp, PLAN_FILE), "w") as f:

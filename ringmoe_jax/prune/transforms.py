@@ -149,18 +149,25 @@ def apply_plan(params: Mapping[str, Any], plan: PrunePlan) -> dict[str, Any]:
     stacked = {k: {n: np.stack([layers[j][k][n] for j in sorted(layers)])
                    for n in sub} for k, sub in layers[0].items()}
     pairs[_key(pairs, half)]["moe"] = stacked
+  return apply_outside_blocks(out, plan)
+
+
+def apply_outside_blocks(params: dict[str, Any], plan: PrunePlan) -> dict[str, Any]:
+  """`params` (a copy the caller owns; the blocks may be absent) with the patch embedding and
+  decoders narrowed to the kept modalities, in place. The streaming transform (run.py) applies
+  it to the parameters outside the blocks, apply_plan to all of them."""
   src_mods = plan.source["modalities"]
   rows = [src_mods.index(m) for m in plan.modalities]
   if rows != list(range(len(src_mods))):
-    pe = enc["patch_embed"]
+    pe = params["encoder"]["patch_embed"]
     for name in list(pe):
       if name == "kernels":
         pe[name] = _list_select(pe[name], rows)
       else:  # bias / norm tables (M, D), spectral hyper-network weights (M, ...)
         pe[name] = np.asarray(pe[name])[rows]
-    if "decoders" in out:
-      out["decoders"]["heads"] = _list_select(out["decoders"]["heads"], rows)
-  return out
+    if "decoders" in params:
+      params["decoders"]["heads"] = _list_select(params["decoders"]["heads"], rows)
+  return params
 
 
 def apply_counts(counts: Mapping[str, Any] | None, plan: PrunePlan) -> dict[str, np.ndarray]:
