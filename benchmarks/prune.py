@@ -1,10 +1,12 @@
 r"""What does expert pruning keep? (issue 14) Each pruning method applied to one tiny pre-trained
-RingMoE, its linear-probe accuracy before and after a short recovery, against the full model and
-a dense model of the merged size pre-trained from scratch; inference time and peak memory of
-every model in one process; parameter counts of pretrain_14b after each step (abstract plan).
+RingMoE, its retention before and after a short recovery (continued pre-training) and after a
+short distillation from the full model, against the full model and a dense model of the merged
+size pre-trained from scratch; inference time and peak memory of every model in one process;
+parameter counts of pretrain_14b after each step (abstract plan).
 
   python benchmarks/prune.py --root=/tmp/ringmoe_prune [--pretrain_steps=300]
-      [--recovery_steps=50] [--probe_tiles=512] [--methods=full,modality=opt,...]
+      [--recovery_steps=30] [--probe_tiles=512] [--finetune_steps=30]
+      [--finetune_records=128] [--finetune_models=full,KC,...] [--methods=full,modality=opt,...]
 
 Runs in this process, one after the other:
 1. configs/pretrain_tiny.py:steps=S (ROOT/pretrain; reused when finished).
@@ -18,16 +20,24 @@ Runs in this process, one after the other:
    checkpoint (step S, fresh AdamW state) to step S + N with warmup N/5 and a cosine over the
    N steps (optim.schedule_steps=N), the same for every method and for the full model. That
    is `python -m ringmoe_jax.main --config=configs/pruned.py:DIR --workdir=DIR
-   --config.train.total_steps=S+N --config.optim.schedule_steps=N`. Distillation from the
-   full model is not built: continued pre-training is the simplest recovery that uses the
-   framework's trainer unchanged.
-4. Scratch: the KC model's config (a dense FFN of the normal width per block, the size of
+   --config.train.total_steps=S+N --config.optim.schedule_steps=N`.
+4. Distillation (every method but full, ROOT/<method>_dist): the same N steps and optimizer
+   from the same pruned checkpoint, loss = normalised-MSE feature matching of the four encoder
+   stages against the full model at step S (tasks/distill.py), i.e.
+   `--config=configs/pruned.py:DIR,distill` with the same flags.
+5. Scratch: the KC model's config (a dense FFN of the normal width per block, the size of
    every merged model) pre-trained from random init for S + N steps with pretrain_tiny's
    schedule (ROOT/scratch): the same total steps as KC's pre-training + recovery.
-5. Retention: `tools/linear_probe` (7 scene classes, unseen simulator tiles, one logistic
+6. Retention: `tools/linear_probe` (7 scene classes, unseen simulator tiles, one logistic
    regression per modality on frozen mean-pooled features of every stage; the same tiles for
-   every model, a sub-model's own modalities only), before and after the recovery.
-6. Inference: the jitted eval-mode encoder on one batch of 32 opt tiles, every model timed in
+   every model, a sub-model's own modalities only), before, after recovery and after
+   distillation; and frozen fine-tuning (`configs/finetune_classification.py` and
+   `finetune_segmentation.py`, `mode=frozen`, tiny, `--finetune_steps` steps, evaluated on
+   `--finetune_records` held-out records: OA / mIoU) from the recovered checkpoint of each of
+   `--finetune_models` (full, KC, KS, KA, shared_only, mcsmoe, scratch by default): the same
+   steps, seed and data for every model; the encoder fields of the pruned config
+   (prune_plan.json config_overrides) set on the fine-tuning config.
+7. Inference: the jitted eval-mode encoder on one batch of 32 opt tiles, every model timed in
    interleaved rounds (median ms); peak memory = XLA's memory analysis of that program
    (arguments + outputs + temporaries, MiB).
 
@@ -37,7 +47,8 @@ Prints one row per model, then the last line
 params_14b: total parameters of pretrain_14b after modality=opt, frequency=0.25, merge=svd (B);
 kc/scratch and kc/full: mean probe accuracy of KC after recovery / of the scratch dense model /
 of the full model after the same recovery; speed: inference time of full / of KC. Whatever it
-shows is reported.
+shows is reported. The line before it gives the same ratios after distillation and for the
+frozen fine-tunes.
 """
 from __future__ import annotations
 
@@ -60,11 +71,18 @@ METHODS = {"full": "frequency=1.0", "modality=opt": "modality=opt",
            "frequency=0.5": "frequency=0.5", "KC": "merge=svd", "KS": "merge=sum",
            "KA": "merge=average", "shared_only": "merge=shared_only", "mcsmoe": "merge=mcsmoe"}
 PLAN_14B = "modality=opt,frequency=0.25,merge=svd"
+FINETUNED = ("full", "KC", "KS", "KA", "shared_only", "mcsmoe", "scratch")
+FROZEN_TASKS = {"cls": "classification", "seg": "segmentation"}  # column -> configs/finetune_*
 
 flags.DEFINE_string("root", "/tmp/ringmoe_prune", "Parent of the run workdirs.")
 flags.DEFINE_integer("pretrain_steps", 300, "Steps of the tiny pre-training (S).")
-flags.DEFINE_integer("recovery_steps", 50, "Steps of each recovery (N); 0: none.")
+flags.DEFINE_integer("recovery_steps", 30,
+                     "Steps of each recovery and each distillation (N); 0: none.")
+flags.DEFINE_bool("distill", True, "Distil every pruned model from the full one (N steps).")
 flags.DEFINE_integer("probe_tiles", 512, "Linear-probe tiles (all sensors; half train).")
+flags.DEFINE_integer("finetune_steps", 30, "Steps of each frozen fine-tune; 0: none.")
+flags.DEFINE_integer("finetune_records", 128, "Held-out records of each fine-tune's evaluation.")
+flags.DEFINE_list("finetune_models", list(FINETUNED), "Models fine-tuned (frozen).")
 flags.DEFINE_list("methods", list(METHODS), "Rows (full and KC are always run).")
 flags.DEFINE_integer("timing_rounds", 7, "Interleaved timing rounds (median).")
 flags.DEFINE_bool("scratch", True, "Pre-train the dense scratch model.")
@@ -85,6 +103,25 @@ def only_modality(batches, m: int, batch_size: int = 32):
   rows = {k: np.concatenate([b[k][b["modality"] == m] for b in batches]) for k in keys}
   n = len(rows["modality"])
   return [{k: v[i:i + batch_size] for k, v in rows.items()} for i in range(0, n, batch_size)]
+
+
+def frozen_finetune(load_config, train, task: str, init_dir: str, overrides: dict, steps: int,
+                    eval_records: int, quiet: bool) -> float:
+  """Main metric (OA / mIoU) of `configs/finetune_<task>.py:mode=frozen` (tiny) fine-tuned for
+  `steps` from `init_dir`'s encoder; overrides: the pruned encoder's fields ({dotted: value},
+  prune_plan.json's config_overrides), so that the encoder built matches the checkpoint's."""
+  from ringmoe_jax.tasks import get_task  # pylint: disable=import-outside-toplevel
+  c = load_config(f"finetune_{task}:mode=frozen,steps={steps}")
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = tuple(value) if isinstance(value, list) else value
+  c.task.eval_records = eval_records
+  c.train.update(eval_every=steps, checkpoint_every=steps)
+  c.init_checkpoint = init_dir
+  workdir = f"{init_dir}_ft_{task}"
+  shutil.rmtree(workdir, ignore_errors=True)
+  out = _run(lambda: train(c, workdir), quiet)
+  return float(out["eval"][get_task(c).main_metric])
 
 
 def encoder_program(model, batch):
@@ -156,10 +193,12 @@ def main(argv):
     out = lp.linear_probe(model, batches)
     return model, {"mean": out["mean_accuracy"], "opt": out["opt"]["accuracy"]}
 
-  def recover(config, src_dir, rec_dir, steps):
+  def recover(config, src_dir, rec_dir, steps, distill=False):
+    """Continued pre-training (or distillation from the run src_dir was pruned from) of a copy
+    of src_dir for `steps` -> (config, trainer result)."""
     shutil.rmtree(rec_dir, ignore_errors=True)
     shutil.copytree(src_dir, rec_dir)
-    c = load_config_json(os.path.join(src_dir, "config.json"))
+    c = load_config(f"pruned:{rec_dir},distill" if distill else f"pruned:{rec_dir}")
     c.train.total_steps = s + steps
     c.optim.update(schedule_steps=steps, warmup_steps=max(1, steps // 5))
     out = _run(lambda: train(c, rec_dir), f.quiet)
@@ -180,6 +219,10 @@ def main(argv):
       c, res = recover(config, out_dir, out_dir + "_rec", n)
       _, row["after"] = probe(c, out_dir + "_rec")
       row["recovery_loss"] = [res["losses"][0], res["losses"][-1]]
+      if f.distill and name != "full":  # full from itself: nothing to distil
+        _, res = recover(config, out_dir, out_dir + "_dist", n, distill=True)
+        _, row["distilled"] = probe(config, out_dir + "_dist")
+        row["distill_loss"] = [res["losses"][0], res["losses"][-1]]
     row["seconds"] = time.time() - t0
     rows[name] = row
     print(f"{name}: {json.dumps(row)}", flush=True)
@@ -201,6 +244,20 @@ def main(argv):
                        "before": acc, "after": acc, "seconds": time.time() - t0}
     print(f"scratch: {json.dumps(rows['scratch'])}", flush=True)
 
+  # Frozen fine-tunes from the recovered checkpoints (scratch: its own), same for every model.
+  for name in [m for m in f.finetune_models if m in rows] if f.finetune_steps else []:
+    t0 = time.time()
+    init = os.path.join(f.root, "scratch" if name == "scratch" else name.replace("=", "_")
+                        + ("_rec" if n else ""))
+    with open(os.path.join(f.root, "KC" if name == "scratch" else name.replace("=", "_"),
+                           prune_run.PLAN_FILE), encoding="utf-8") as fh:
+      overrides = json.load(fh)["config_overrides"]
+    rows[name]["frozen"] = {col: frozen_finetune(load_config, train, task, init, overrides,
+                                                 f.finetune_steps, f.finetune_records, f.quiet)
+                            for col, task in FROZEN_TASKS.items()}
+    print(f"{name} frozen fine-tunes: {json.dumps(rows[name]['frozen'])} "
+          f"({time.time() - t0:.0f} s)", flush=True)
+
   # Inference: every model (pre-recovery parameters; same shapes after it) on one opt batch.
   progs = {k: encoder_program(m, opt_batches[0]) for k, m in models.items()}
   times = {k: [] for k in progs}
@@ -217,16 +274,21 @@ def main(argv):
 
   with open(os.path.join(f.root, "prune.json"), "w", encoding="utf-8") as fh:
     json.dump({"rows": rows, "sizes_14b": plan14.sizes, "pretrain_steps": s,
-               "recovery_steps": n, "probe_tiles": f.probe_tiles}, fh, indent=1)
+               "recovery_steps": n, "probe_tiles": f.probe_tiles,
+               "finetune_steps": f.finetune_steps, "finetune_records": f.finetune_records},
+              fh, indent=1)
 
   fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
   print(f"{'model':14s} {'plan':22s} {'params':>8s} {'active':>8s} {'probe':>6s} {'opt':>6s} "
-        f"{'probe+' + str(n):>9s} {'opt+' + str(n):>7s} {'ms':>7s} {'MiB':>7s}", flush=True)
+        f"{'+rec' + str(n):>7s} {'opt':>6s} {'+dist' + str(n):>7s} {'opt':>6s} "
+        f"{'cls':>6s} {'seg':>6s} {'ms':>7s} {'MiB':>7s}", flush=True)
   for k, r in rows.items():
-    after = r.get("after", {})
+    after, dist, fz = r.get("after", {}), r.get("distilled", {}), r.get("frozen", {})
     print(f"{k:14s} {r['plan'][:22]:22s} {r['params']:8d} {r['active']:8d} "
           f"{fmt(r['before']['mean']):>6s} {fmt(r['before']['opt']):>6s} "
-          f"{fmt(after.get('mean')):>9s} {fmt(after.get('opt')):>7s} "
+          f"{fmt(after.get('mean')):>7s} {fmt(after.get('opt')):>6s} "
+          f"{fmt(dist.get('mean')):>7s} {fmt(dist.get('opt')):>6s} "
+          f"{fmt(fz.get('cls')):>6s} {fmt(fz.get('seg')):>6s} "
           f"{r.get('infer_ms', float('nan')):7.2f} "
           f"{(r.get('peak_mib') or float('nan')):7.2f}", flush=True)
   key = "after" if n else "before"
@@ -235,6 +297,14 @@ def main(argv):
                   for k in rows if k not in ("full", "scratch"))
   print(f"training-free (probe mean / full's): {free}", flush=True)
   scratch = rows.get("scratch", {}).get("after", {}).get("mean")
+  ratio = lambda a, b: fmt(a / b if a is not None and b else None)
+  kc_dist = rows["KC"].get("distilled", {}).get("mean")
+  fz = lambda k, col: rows.get(k, {}).get("frozen", {}).get(col)
+  print(f"distilled: kc/scratch={ratio(kc_dist, scratch)} kc/full={ratio(kc_dist, full)}; "
+        f"frozen fine-tunes: " + " ".join(
+            f"{col}_kc/scratch={ratio(fz('KC', col), fz('scratch', col))} "
+            f"{col}_kc/full={ratio(fz('KC', col), fz('full', col))}" for col in FROZEN_TASKS),
+        flush=True)
   print(f"total {time.time() - t_start:.0f} s", flush=True)
   print(f"headline: params_14b={sizes14[1] / 1e9:.3f}B,{sizes14[2] / 1e9:.3f}B,"
         f"{sizes14[3] / 1e9:.3f}B kc/scratch={fmt(kc / scratch if scratch else None)} "
