@@ -18,7 +18,8 @@ from ringmoe_jax.prune.plan import pruned_config
 # Stage 2 holds two scanned pairs, so a stacked leaf has two rows (layers) to read one by one.
 DEPTHS = (1, 1, 4, 1)
 NUM_BLOCKS = sum(DEPTHS)
-PLAN = "modality=opt,ms,sar_l2,frequency=0.5"
+PLAN = "modality=opt,ms,sar_l2,frequency=0.5"  # the classification task's modalities
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config():
@@ -124,15 +125,16 @@ def test_block_by_block_write_equals_one_shot_and_never_holds_the_model(source, 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-  """{'ingested': an ingestion output of one 64 x 64 gaofen2_pms (opt) raster: 4 tiles of 40 px;
+  """{'ingested': an ingestion output of one 64 x 88 gaofen2_pms (opt) raster: 6 tiles of 40 px;
   'reader': FORMAT:ROOT:SENSOR of a class-folder tree of 6 gaofen3_amp (sar_l2) GeoTIFFs of
-  40 px}, written here with the package's own ingest and the readers' file layout."""
+  40 px}, written here with the package's own ingest and the readers' file layout. Six tiles
+  each: every calibration batch of this file (32 at most) has one shape, one program."""
   from test_ingest import _write_tif  # pylint: disable=import-outside-toplevel
   from test_readers import _write  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.data import ingest  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("calibration")
   rng = np.random.default_rng(1)
-  raster = _write_tif(root / "pms.tif", rng.integers(1, 255, (3, 64, 64)).astype(np.uint16))
+  raster = _write_tif(root / "pms.tif", rng.integers(1, 255, (3, 64, 88)).astype(np.uint16))
   ingest.ingest([raster], ["gaofen2_pms"], str(root / "ingested"), size=40, stride=24)
   for c in ("field", "forest"):
     for i in range(3):
@@ -157,16 +159,15 @@ def test_calibration_on_ingested_and_reader_datasets_counts_every_tile(source, d
   grid = config.model.img_size // config.model.patch_size
   tokens = np.array([grid ** 2 // 4 ** stage for stage, _ in plan_lib.block_layout(config)])
   k = config.moe.top_k
-  for name, tiles, cols in (("ingested", 4, slice(0, 4)), ("reader", 6, slice(12, 16))):
-    # Batches of 2: one program for both datasets (their tiles are padded to the same channels).
-    batches = calibrate.dataset_batches(config, registry, datasets[name], 4, batch_size=2)
+  for name, tiles, cols in (("ingested", 6, slice(0, 4)), ("reader", 6, slice(12, 16))):
+    batches = calibrate.dataset_batches(config, registry, datasets[name], 4)
     assert sum(len(b["modality"]) for b in batches) == tiles, name
     counts = calibrate.routing_counts(model, batches)
     assert counts["collab"].shape == (NUM_BLOCKS, 4) and counts["special"].shape == (NUM_BLOCKS, 16)
     np.testing.assert_array_equal(counts["collab"].sum(1), tiles * tokens * k)
     np.testing.assert_array_equal(counts["special"][:, cols].sum(1), tiles * tokens * k)
     assert counts["special"].sum() == counts["special"][:, cols].sum(), name
-  # --calibration_batches caps the tiles: one batch of 2 holds two of the four.
+  # --calibration_batches caps the tiles: one batch of 2 holds two of the six.
   assert [len(b["modality"]) for b in calibrate.dataset_batches(
       config, registry, datasets["ingested"], 1, batch_size=2)] == [2]
 
@@ -206,3 +207,59 @@ def test_calibration_dataset_bad_input_messages(source, datasets):
   (root / "not_ingested").mkdir()
   with pytest.raises(UserError, match="no manifest"):
     calibrate.dataset_batches(config, registry, str(root / "not_ingested"), 1)
+
+
+# ------------------------------------------------------------- evaluating a pruned fine-tune
+
+
+def test_evaluate_cli_on_a_fine_tune_of_a_pruned_run(source, datasets, tmp_path, capsys):
+  """Prune (KC merge, its routing weights calibrated on the reader dataset), fine-tune the
+  pruned encoder one step through the trainer (init_checkpoint + the plan's config_overrides,
+  as the README says), then `python -m ringmoe_jax.evaluate` on that run in a subprocess: its
+  eval.json and printed metrics are finite and equal the trainer's own evaluation."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from helpers import micro_finetune_config  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.prune.__main__ import main as prune_main  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
+  pruned = str(tmp_path / "pruned")
+  # One BLAS thread for KC's SVDs: on the shared 2-core machine, with the other core busy (a
+  # second pytest worker), OpenBLAS's two threads made each SVD ~100x slower (4 s, measured).
+  with threadpool_limits(1, user_api="blas"):
+    plan = prune_main([f"--checkpoint={source}", f"--plan={PLAN},merge=svd",
+                       f"--output={pruned}", f"--calibration={datasets['reader']}",
+                       "--calibration_batches=1"])
+  assert f"calibration={datasets['reader']}" in capsys.readouterr().out
+  # The reader's tiles are all sar_l2: the members' weights come from its counts (the special
+  # experts of opt and ms received no token, so they weigh nothing in KC's bias).
+  for bp in plan.blocks:
+    w = dict(zip(bp.merge["members"], bp.merge["weights"]))
+    assert all(w[m] == 0 for m in w if m.startswith(("special/opt/", "special/ms/")))
+    assert sum(w[m] for m in w if m.startswith("special/sar_l2/")) > 0
+  # A frozen encoder: the smallest training program to compile (the pruned encoder is read the
+  # same way in every mode).
+  ft = micro_finetune_config("classification", "mode=frozen", **{
+      "init_checkpoint": pruned, "model.depths": DEPTHS, "train.total_steps": 1,
+      "train.eval_every": 1, **plan.config_overrides})
+  result = trainer.train(ft, str(tmp_path / "ft"))
+  assert result["step"] == 1 and np.isfinite(result["losses"][-1])
+  config_json = tmp_path / "ft_config.json"
+  config_json.write_text(ft.to_json_best_effort())
+  proc = subprocess.run(
+      [sys.executable, "-m", "ringmoe_jax.evaluate",
+       f"--config={os.path.join(REPO, 'configs', 'pruned.py')}:{config_json}",
+       f"--workdir={tmp_path / 'ft'}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "ft" / "eval.json") as f:
+    saved = json.load(f)
+  assert saved["step"] == 1 and saved["task"] == "classification"
+  printed = dict(line.split("=", 1) for line in proc.stdout.split() if "=" in line)
+  main = saved["main_metric"]
+  assert np.isfinite(saved["metrics"][main]) and np.isfinite(float(printed[main]))
+  for k, v in result["eval"].items():  # undefined metrics (one class absent) are null in both
+    if v is None or not np.isfinite(v):
+      assert saved["metrics"][k] is None, k
+    else:
+      assert np.isclose(saved["metrics"][k], v) and np.isclose(float(printed[k]), v), k
