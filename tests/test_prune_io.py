@@ -7,12 +7,12 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from helpers import micro_config
 from ringmoe_jax.prune import run, transforms
+from ringmoe_jax.prune.__main__ import main as prune_main
 from ringmoe_jax.prune.plan import pruned_config
 
 # Stage 2 holds two scanned pairs, so a stacked leaf has two rows (layers) to read one by one.
@@ -175,7 +175,6 @@ def test_calibration_on_ingested_and_reader_datasets_counts_every_tile(source, d
 def test_calibration_dataset_bad_input_messages(source, datasets):
   from ringmoe_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.prune import calibrate  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.prune.__main__ import main as prune_main  # pylint: disable=import-outside-toplevel
   root = datasets["root"]
   with pytest.raises(UserError, match=r"/nowhere does not exist; expected one of simulator"):
     prune_main([f"--checkpoint={source}", "--plan=frequency=0.5", f"--output={root / 'x'}",
@@ -220,7 +219,6 @@ def test_evaluate_cli_on_a_fine_tune_of_a_pruned_run(source, datasets, tmp_path,
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   from helpers import micro_finetune_config  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.prune.__main__ import main as prune_main  # pylint: disable=import-outside-toplevel
   from ringmoe_jax.train import trainer  # pylint: disable=import-outside-toplevel
   from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
   pruned = str(tmp_path / "pruned")
