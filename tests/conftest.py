@@ -11,6 +11,10 @@ import tempfile
 
 from xla_flags import with_devices  # noqa: E402  (tests/xla_flags.py: fast-compile flags)
 
+# One OpenBLAS thread per test process: CI runs two xdist workers on two cores, and numpy's
+# pthreads OpenBLAS spin-waits for a core the other worker holds (measured: a 64x64 SVD of the
+# KC merge took 4 s instead of 0.03 s while the other core was busy). Read when numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + with_devices(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ringmoe_jax_cache_"))

@@ -35,7 +35,11 @@ def test_kernels_leave_numpys_blas_thread_count_alone():
   ours, theirs = native._LOADED[0], _numpy_openblas()
   assert ctypes_address(ours.scipy_cblas_sgemm64_) != ctypes_address(theirs.scipy_cblas_sgemm64_)
   assert ours.scipy_openblas_get_num_threads64_() == 1
+  # conftest gives numpy 1 thread; 2 here, so a kernel that set numpy's count to 1 shows.
+  saved = theirs.scipy_openblas_get_num_threads64_()
+  theirs.scipy_openblas_set_num_threads64_(2)
   before = theirs.scipy_openblas_get_num_threads64_()
+  assert before == 2
   seen, stop = set(), threading.Event()
 
   def watch():
@@ -55,8 +59,10 @@ def test_kernels_leave_numpys_blas_thread_count_alone():
     stop.set()
     t.join()
   np.testing.assert_array_equal(np.asarray(y[:2000]), 64.0)
+  after = theirs.scipy_openblas_get_num_threads64_()
+  theirs.scipy_openblas_set_num_threads64_(saved)
   assert seen == {before}, (before, seen)
-  assert theirs.scipy_openblas_get_num_threads64_() == before
+  assert after == before
 
 
 def ctypes_address(fn):
