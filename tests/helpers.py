@@ -117,3 +117,38 @@ FINETUNE_MESHES = {"data8": dict(data=8, fsdp=1, expert=1, tensor=1),
                    "fsdp2_expert2_tensor2": dict(data=1, fsdp=2, expert=2, tensor=2)}
 
 
+
+
+def write_pretrain_checkpoint(workdir: str, config, step: int = 2, counts=None) -> str:
+  """A pre-training workdir holding `config`'s init state as the checkpoint of `step`, in the
+  trainer's format (its StateBuilder state, data-iterator item and meta, written by
+  train/checkpoint.Checkpointer), with routing `counts` ({'special', 'collab'} -> (L, E)) if
+  given. Not trainer.train: compiling the pre-training step costs ~40-90 s here, and the tests
+  that restore a pre-training run need its format, not trained weights. -> workdir."""
+  # pylint: disable=import-outside-toplevel
+  import json
+  import os
+  import jax.numpy as jnp
+  from ringmoe_jax.parallel.mesh import make_mesh
+  from ringmoe_jax.parallel.sharding import rules_for
+  from ringmoe_jax.sensors.modalities import MODALITIES
+  from ringmoe_jax.tasks import get_task
+  from ringmoe_jax.train.checkpoint import Checkpointer
+  from ringmoe_jax.train.setup import make_builder
+  from ringmoe_jax.train.trainer import build_registry, make_data
+  registry = build_registry(config)
+  task = get_task(config, registry)
+  builder = make_builder(config, task, make_mesh(config.mesh), rules_for(config)).builder
+  state = builder.init()
+  if counts is not None:
+    state["routing_counts"] = {k: jnp.asarray(v, jnp.float32) for k, v in counts.items()}
+  state["step"] = jnp.asarray(step, jnp.int32)
+  meta = {"config": json.loads(config.to_json_best_effort()), "task": task.name,
+          "init_checkpoint": None, "sensors": json.loads(registry.to_json()),
+          "modalities": list(MODALITIES)}
+  if counts is not None:
+    meta["routing_counts"] = {k: np.asarray(v).tolist() for k, v in counts.items()}
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
+  ckpt.save(step, state, make_data(config, registry, task).get_state(), meta)
+  ckpt.close()
+  return workdir

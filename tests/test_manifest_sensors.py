@@ -47,8 +47,9 @@ def ingested(tmp_path_factory):
 
 
 def _config(paths, **overrides):
+  # Capacity dispatch: a smaller train step to compile than the dropless blocked loop.
   return micro_config(**{"data.source": "arrayrecord", "data.sensors": (),
-                         "data.paths": tuple(paths), **overrides})
+                         "data.paths": tuple(paths), "moe.dispatcher": "capacity", **overrides})
 
 
 @pytest.mark.parametrize("as_file", [False, True], ids=["directory", "shard_file"])

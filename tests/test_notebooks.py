@@ -47,7 +47,9 @@ def overrides(base, target) -> dict:
 
 def tiny_params(workdir) -> dict:
   return {"WORKDIR": str(workdir), "PRETRAIN_STEPS": 2, "FINETUNE_STEPS": 2,
-          "PRETRAIN_OVERRIDES": overrides(load_config("pretrain_tiny"), micro_config()),
+          # Capacity dispatch: a smaller pre-training step to compile than the dropless loop.
+          "PRETRAIN_OVERRIDES": overrides(load_config("pretrain_tiny"),
+                                          micro_config(**{"moe.dispatcher": "capacity"})),
           "FINETUNE_OVERRIDES": overrides(load_config("finetune_segmentation:fusion=off"),
                                           micro_finetune_config("segmentation", "fusion=off"))}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import micro_config
+from helpers import compiled_model, micro_config
 from ringmoe_jax.data import pipeline
 from ringmoe_jax.data.simulator import SceneSimulator
 from ringmoe_jax.models.patch_embed import ModalityPatchEmbed, SpectralPatchEmbed
@@ -97,15 +97,14 @@ def test_superset_sentinel2_runs_with_the_default_model():
   c = micro_config(**{"model.patch_embed": "spectral",
                       "data.sensors": ("sentinel2_l1c", "sentinel1_grd", "gaofen2_pms")})
   assert model_lib.modality_channels(c) == (3, 13, 8, 2)
-  m = model_lib.make_model(c)
+  m = compiled_model(c)  # init and forward in one program each: op by op costs ~20 s here
   reg = default_registry()
   x = _pixels(2, 13, size=32)
-  feats, _ = m.encoder(x, jnp.asarray([1, 3], jnp.int32),
-                       sensor=jnp.asarray([reg.index("sentinel2_l1c"),
-                                           reg.index("sentinel1_grd")], jnp.int32),
-                       train=False)
+  feats, _ = nnx.jit(lambda enc, x, mod, sen: enc(x, mod, sensor=sen, train=False))(
+      m.encoder, x, jnp.asarray([1, 3], jnp.int32),
+      jnp.asarray([reg.index("sentinel2_l1c"), reg.index("sentinel1_grd")], jnp.int32))
   assert feats[-1].shape[0] == 2 and np.all(np.isfinite(np.asarray(feats[-1])))
-  fixed = model_lib.make_model(micro_config())
+  fixed = model_lib.abstract_model(micro_config())
   assert isinstance(fixed.encoder.patch_embed, ModalityPatchEmbed)
   assert model_lib.input_channels(micro_config()) == 8
 
@@ -157,7 +156,8 @@ def test_micro_pretraining_step_on_all_builtin_sensors_and_a_user_file_sensor(tm
                                  ("nir", 830))]}
   (tmp_path / "my_msi.json").write_text(json.dumps(user))
   c = micro_config(**{"model.patch_embed": "spectral", "data.sensors": names + ("my_msi",),
-                      "data.sensor_files": (str(tmp_path / "my_msi.json"),)})
+                      "data.sensor_files": (str(tmp_path / "my_msi.json"),),
+                      "moe.dispatcher": "capacity"})  # a smaller step to compile
   c.train.update(total_steps=1, log_every=1, checkpoint_every=100)
   r = trainer.train(c, str(tmp_path / "run"))
   assert len(r["losses"]) == 1 and np.isfinite(r["losses"][0]), r["losses"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import micro_config, micro_finetune_config
+from helpers import micro_config, micro_finetune_config, write_pretrain_checkpoint
 from ringmoe_jax.errors import UserError
 from ringmoe_jax.moe.layer import HierarchicalMoE, MoEConfig
 from ringmoe_jax.prune import merge as merge_lib
@@ -38,35 +38,10 @@ HAND_KEPT = {0.5: [[2, 3], [0, 1], [1, 3], [2, 3], [0, 3]], 0.25: [[2], [0], [3]
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-  """A micro pre-training workdir at step 2 in the trainer's format (its StateBuilder state,
-  data-iterator item and meta, written by train/checkpoint.Checkpointer) with the hand-made
-  routing counts. Not trainer.train: compiling the pre-training step costs ~30-100 s here."""
-  # pylint: disable=import-outside-toplevel
-  from ringmoe_jax.parallel.mesh import make_mesh
-  from ringmoe_jax.parallel.sharding import rules_for
-  from ringmoe_jax.sensors.modalities import MODALITIES
-  from ringmoe_jax.tasks import get_task
-  from ringmoe_jax.train.checkpoint import Checkpointer
-  from ringmoe_jax.train.setup import make_builder
-  from ringmoe_jax.train.trainer import build_registry, make_data
-  wd = str(tmp_path_factory.mktemp("prune") / "src")
-  config = micro_config()
-  registry = build_registry(config)
-  task = get_task(config, registry)
-  mesh = make_mesh(config.mesh)
-  builder = make_builder(config, task, mesh, rules_for(config)).builder
-  state = builder.init()
-  counts = {"special": HAND_SPECIAL, "collab": HAND_COUNTS}
-  state["routing_counts"] = {k: jnp.asarray(v, jnp.float32) for k, v in counts.items()}
-  state["step"] = jnp.asarray(2, jnp.int32)
-  meta = {"config": json.loads(config.to_json_best_effort()), "task": task.name,
-          "init_checkpoint": None, "sensors": json.loads(registry.to_json()),
-          "modalities": list(MODALITIES),
-          "routing_counts": {k: v.tolist() for k, v in counts.items()}}  # as trainer.save
-  ckpt = Checkpointer(os.path.join(wd, "checkpoints"), max_to_keep=1, async_save=False)
-  ckpt.save(2, state, make_data(config, registry, task).get_state(), meta)
-  ckpt.close()
-  return wd
+  """A micro pre-training workdir at step 2 in the trainer's format with the hand-made routing
+  counts (helpers.write_pretrain_checkpoint: no training step to compile)."""
+  return write_pretrain_checkpoint(str(tmp_path_factory.mktemp("prune") / "src"), micro_config(),
+                                   counts={"special": HAND_SPECIAL, "collab": HAND_COUNTS})
 
 
 def _random_params(model, seed=0):
