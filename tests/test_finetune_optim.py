@@ -93,6 +93,39 @@ def test_modes_update_exactly_their_leaves(mode, task):
     fo.trainable_mask(p, "partial")
 
 
+def test_head_warmup_holds_the_encoder_for_k_steps_and_leaves_the_head_unchanged():
+  c = micro_finetune_config("classification")
+  rng = np.random.default_rng(0)
+  params = {"encoder": {"patch_embed": {"w": rng.normal(size=(4, 3)).astype(np.float32)}},
+            "head": {"cls": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}}}
+  grads = [jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+           for _ in range(4)]
+
+  def run(k, mode="full"):
+    tx = fo.make_finetune_optimizer(c.optim, params, mode=mode, layer_decay=1.0, depths=(1,),
+                                    batch_size=8, total_steps=10, head_warmup_steps=k)
+    p, state, out = params, tx.init(params), []
+    for g in grads:
+      upd, state = tx.update(g, state, p)
+      p = optax.apply_updates(p, upd)
+      out.append(p)
+    return out
+
+  gated, plain = run(2), run(0)
+  enc = lambda p: np.asarray(p["encoder"]["patch_embed"]["w"])
+  head = lambda p: np.asarray(p["head"]["cls"]["kernel"])
+  for i in (0, 1):  # steps 1, 2: the encoder is bit-identical, the head moves as without a gate
+    np.testing.assert_array_equal(enc(gated[i]), enc(params))
+  for i in range(4):
+    np.testing.assert_array_equal(head(gated[i]), head(plain[i]))
+  assert not np.array_equal(enc(gated[2]), enc(params))  # step 3: the encoder trains
+  # (The warmup-cosine lr is 0 at step 1: step 2 is the first that moves anything.)
+  assert not np.array_equal(enc(plain[1]), enc(params))
+  assert not np.array_equal(head(gated[1]), head(params))
+  with pytest.raises(UserError, match="head_warmup_steps"):
+    run(-1)
+
+
 def test_adapter_mode_trains_under_10_percent_of_the_tiny_model():
   from ringmoe_jax.config.load import load_config  # the real tiny size, not the micro one
   c = load_config("finetune_segmentation:mode=adapter")

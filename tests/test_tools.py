@@ -48,6 +48,18 @@ def test_aot_compiles_the_train_step_on_a_sharded_mesh():
   assert r["involuntary_remat_warnings"] == r["xla_log"].count(aot.REMAT_WARNING)
 
 
+def test_aot_set_overrides_config_fields_and_names_a_missing_one():
+  from ringmoe_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  c = load_config("pretrain_14b")
+  aot.apply_overrides(c, ["model.patch_embed=spectral", "data.batch_size=64",
+                          "moe.capacity_factor=1.5"])
+  assert (c.model.patch_embed, c.data.batch_size, c.moe.capacity_factor) == ("spectral", 64, 1.5)
+  with pytest.raises(UserError, match="no field 'model.patch_embd'"):
+    aot.apply_overrides(c, ["model.patch_embd=spectral"])
+  with pytest.raises(UserError, match="expected KEY=VALUE"):
+    aot.apply_overrides(c, ["model.patch_embed"])
+
+
 def test_local_mean_reference_closed_forms():
   from ringmoe_jax.tools.linear_probe import local_mean  # pylint: disable=import-outside-toplevel
   obs = np.full((1, 12, 12, 1), 2.0)

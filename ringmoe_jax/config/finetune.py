@@ -36,8 +36,9 @@ def finetune_config(task: str, views, a) -> ml_collections.ConfigDict:
       loss="l1_balanced", reader=reader_defaults()))
   # mode: 'full' | 'frozen' | 'adapter' (tasks/base.py); layer_decay: full mode's LLRD.
   # adapter_dim: Convpass width, used in mode 'adapter' only (tasks/base.encoder_config).
+  # head_warmup_steps: the first K steps train the head only (LP-FT; train/finetune_optim.py).
   c.finetune = ml_collections.ConfigDict(dict(
-      mode=a["mode"], layer_decay=0.9,
+      mode=a["mode"], layer_decay=0.9, head_warmup_steps=0,
       adapter_dim=int(a.get("adapter_dim", 8 if size == "tiny" else 64))))
   c.init_checkpoint = ""  # a pre-training --workdir: its encoder and sensor registry
   c.eval = ml_collections.ConfigDict(dict(batch_size=0))  # 0: data.batch_size

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from ringmoe_jax.objectives.sensor_tables import BandTable, take_fill
-from ringmoe_jax.parallel.sharding import constrain_batch
+from ringmoe_jax.parallel.sharding import constrain_batch, constrain_replicated
 
 PATCH_EMBEDS = ("fixed", "spectral")
 HYPER_HIDDEN = 128  # hidden width of the spectral kernel generator
@@ -138,7 +138,7 @@ class SpectralPatchEmbed(nnx.Module):
       kern = jnp.einsum("nh,hkd->nkd", h, self.hyper_w3[m].astype(jnp.float32)) + self.hyper_b3[m]
       out = out.at[rows].set(kern / self.patch_size)
     present = jnp.asarray(t.present.reshape(s * ct))[:, None, None]
-    return (out * present).reshape((s, ct) + out.shape[1:])
+    return constrain_replicated((out * present).reshape((s, ct) + out.shape[1:]))
 
   def channel_weights(self, sensor: jax.Array, c: int,
                       channels: jax.Array | None = None) -> jax.Array:

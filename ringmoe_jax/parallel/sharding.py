@@ -77,6 +77,15 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def constrain_replicated(x: jax.Array) -> jax.Array:
+  """Pin a small computed table (every device needs all of it: a gather by batch ids follows)
+  to full replication inside a mesh; a no-op outside one. Left free, XLA may shard its leading
+  axis like the batch and then replicate it for the gather (an involuntary rematerialisation)."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*([None] * x.ndim)))
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
   """Pin an activation's leading (batch) axis to the ambient mesh's batch axes, the rest
   replicated (a no-op outside a mesh or when the batch does not divide). Where a parameter is

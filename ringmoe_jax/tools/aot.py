@@ -1,6 +1,10 @@
 """Ahead-of-time compile the real training step for a fake mesh of N CPU devices.
 
   python -m ringmoe_jax.tools.aot --config=configs/pretrain_14b.py --devices=512
+  python -m ringmoe_jax.tools.aot --devices=256 --set=model.patch_embed=spectral
+
+`--set=KEY=VALUE` (repeatable) overrides one config field before validation, as
+`--config.KEY=VALUE` does for `main`; VALUE is a Python literal or else a string.
 
 Nothing of the model is allocated: the state is `jax.ShapeDtypeStruct`s with the shardings the
 trainer would use (StateBuilder on an abstract model), the batch is the pipeline's batch at the
@@ -109,18 +113,44 @@ def compile_step(config, *, batch_size: int | None = None) -> dict[str, Any]:
           "global_batch": b}
 
 
+def apply_overrides(config, sets) -> None:
+  """Apply 'a.b.c=value' strings to `config` in place; the field must exist."""
+  import ast  # pylint: disable=import-outside-toplevel
+  from ringmoe_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  for item in sets or ():
+    key, eq, raw = item.partition("=")
+    if not eq or not key:
+      raise UserError(f"--set={item!r}; expected KEY=VALUE, e.g. model.patch_embed=spectral")
+    *parents, leaf = key.split(".")
+    node = config
+    path = parents + [leaf]
+    for i, name in enumerate(path):
+      if name not in node:
+        raise UserError(f"--set={item!r}: config has no field {'.'.join(path[:i + 1])!r}")
+      if i < len(parents):
+        node = node[name]
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node[leaf] = value
+
+
 def main(argv=None) -> dict[str, Any]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default="configs/pretrain_14b.py")
   ap.add_argument("--devices", type=int, required=True, help="fake CPU devices (mesh size)")
   ap.add_argument("--batch", type=int, default=None, help="global batch (default: config's)")
   ap.add_argument("--remat", default=None, help="override config.remat.policy")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="override a config field (repeatable), e.g. model.patch_embed=spectral")
   args = ap.parse_args(argv)
   _fake_devices(args.devices)
   from ringmoe_jax.config.load import load_config  # pylint: disable=import-outside-toplevel
   config = load_config(args.config)
   if args.remat:
     config.remat.policy = args.remat
+  apply_overrides(config, args.set)
   r = compile_step(config, batch_size=args.batch)
   if r["xla_log"].strip():
     sys.stderr.write(r["xla_log"])

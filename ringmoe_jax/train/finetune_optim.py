@@ -18,12 +18,20 @@ implementations of mmpretrain group it so); the final norm and the head are N + 
 scaled by decay ** (N + 1 - id). A stage's scanned pairs store blocks (2k, 2k+1) stacked on a
 leading axis of length L2 under 'pairs/even' and 'pairs/odd': their scale is a vector over that
 axis, shaped (L2, 1, ..., 1) to broadcast.
+
+Head warm-up (`finetune.head_warmup_steps` K > 0, modes 'full' / 'adapter'; LP-FT, Kumar et al.
+2022): the encoder's updates are multiplied by 0 for the first K steps, so a randomly initialised
+head is first fitted on the pre-trained features instead of pushing its early, large gradients
+into the encoder; from step K on every trainable leaf moves. AdamW's moments of the encoder keep
+accumulating during the K steps (the encoder starts with warm moments, not a cold-start jump).
+The gate adds one step counter to the optimizer state; K = 0 leaves the state as it was.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -101,9 +109,26 @@ def _scale_by_tree(scales: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def _gate_encoder(params: Any, steps: int) -> optax.GradientTransformation:
+  """Encoder updates x 0 while the step count is below `steps` (head warm-up), else x 1."""
+  is_encoder = jax.tree_util.tree_map_with_path(lambda p, _: _keys(p)[0] == "encoder", params)
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    gate = (state.count >= steps).astype(jnp.float32)
+    updates = jax.tree.map(lambda u, e: u * gate.astype(u.dtype) if e else u, updates,
+                           is_encoder)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+  return optax.GradientTransformation(init, update)
+
+
 def make_finetune_optimizer(optim_cfg, params: Any, *, mode: str, layer_decay: float,
-                            depths: Sequence[int], batch_size: int,
-                            total_steps: int) -> optax.GradientTransformation:
+                            depths: Sequence[int], batch_size: int, total_steps: int,
+                            head_warmup_steps: int = 0) -> optax.GradientTransformation:
   """AdamW + warmup-cosine + global-norm clipping on the trainable leaves (module docstring)."""
   mask = trainable_mask(params, mode)
   labels = jax.tree.map(lambda t: "train" if t else "freeze", mask)
@@ -115,6 +140,10 @@ def make_finetune_optimizer(optim_cfg, params: Any, *, mode: str, layer_decay: f
   tx = optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels)
   if mode == "full" and layer_decay != 1.0:
     tx = optax.chain(tx, _scale_by_tree(layer_scales(params, depths, layer_decay)))
+  if head_warmup_steps < 0:
+    raise UserError(f"finetune.head_warmup_steps={head_warmup_steps}; expected >= 0")
+  if head_warmup_steps and mode != "frozen":
+    tx = optax.chain(tx, _gate_encoder(params, int(head_warmup_steps)))
   return tx
 
 

@@ -51,7 +51,8 @@ def make_builder(config, task, mesh, rules) -> Setup:
     tx = finetune_optim.make_finetune_optimizer(
         config.optim, params, mode=mode, layer_decay=float(config.finetune.layer_decay),
         depths=tuple(config.model.depths), batch_size=int(config.data.batch_size),
-        total_steps=total)
+        total_steps=total,
+        head_warmup_steps=int(config.finetune.get("head_warmup_steps", 0)))
     trainable = finetune_optim.trainable_mask(params, mode)
   sizes = [(math.prod(x.shape), True if trainable is None else t) for x, t in zip(
       jax.tree.leaves(params),
