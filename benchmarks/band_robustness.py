@@ -3,6 +3,7 @@ one or two bands missing at evaluation, model.patch_embed='spectral' (missing ba
 'fixed' (missing bands zero-filled, the only option a fixed kernel has).
 
   python benchmarks/band_robustness.py --root=/tmp/band_rob [--steps=150] [--variants=...]
+      [--seed=0]
 
 Each variant pre-trains configs/pretrain_tiny.py (plain SimMIM: physics=none, contrastive=off,
 so the comparison is about the embedding) for --steps steps, then encodes unseen Gaofen-1 WFV
@@ -49,11 +50,12 @@ VARIANTS = {
 PROBE_SENSOR = "gaofen1_wfv"
 
 
-def variant_config(name: str, steps: int):
+def variant_config(name: str, steps: int, seed: int = 0):
   from ringmoe_jax.config.load import load_config  # pylint: disable=import-outside-toplevel
   c = load_config(f"pretrain_tiny:steps={steps},physics=none,contrastive=off")
   c.model.patch_embed = VARIANTS[name]["patch_embed"]
   c.data.band_dropout = VARIANTS[name]["band_dropout"]
+  c.seed = seed  # init, masks, band dropout, data order; the probe tiles stay the same
   c.train.update(checkpoint_every=steps, log_every=max(steps // 5, 1), async_checkpoint=False)
   return c
 
@@ -126,13 +128,14 @@ def main():
   ap.add_argument("--steps", type=int, default=150)
   ap.add_argument("--tiles", type=int, default=512)
   ap.add_argument("--variants", default="spectral,fixed")
+  ap.add_argument("--seed", type=int, default=0, help="config.seed of the pre-training runs")
   args = ap.parse_args()
   # pylint: disable=import-outside-toplevel
   from ringmoe_jax.tools.linear_probe import load_trained_model
   from ringmoe_jax.train import trainer
   results = {}
   for name in args.variants.split(","):
-    c = variant_config(name, args.steps)
+    c = variant_config(name, args.steps, args.seed)
     wd = os.path.join(args.root, name)
     t0 = time.time()
     r = trainer.train(c, wd)

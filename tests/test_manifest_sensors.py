@@ -102,7 +102,7 @@ def test_resume_keeps_saved_ids_and_appends_new_sensors(ingested):
 def test_channel_mismatch_and_bad_sensor_file_are_user_errors(ingested, tmp_path):
   out, _ = ingested
   with pytest.raises(ConfigError, match=r"'my_sar_hh' \(sar_l2\) has 1 channels but "
-                     r"model.in_channels.sar_l2 is 2"):
+                     r"model.in_channels.sar_l2 is 2; set --config.model.patch_embed=spectral"):
     build_registry(_config([str(out)], **{"model.in_channels.sar_l2": 2}))
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps(dict(MY_SAR, scale="bogus")))

@@ -164,7 +164,8 @@ def build_registry(config, saved=None):
     if sensor.num_channels != want and config.model.get("patch_embed", "fixed") != "spectral":
       raise ConfigError(f"sensor {name!r} ({sensor.modality}) has {sensor.num_channels} "
                         f"channels but model.in_channels.{sensor.modality} is {want}; set "
-                        f"--config.model.in_channels.{sensor.modality}={sensor.num_channels} "
+                        "--config.model.patch_embed=spectral (any band set per modality), "
+                        f"--config.model.in_channels.{sensor.modality}={sensor.num_channels}, "
                         "or ingest a band subset of the sensor (--bands)")
   return reg
 
